@@ -1,0 +1,1 @@
+"""Durable SQLite record of sessions, messages, feedback, task buffers and adapter versions."""
