@@ -1,0 +1,89 @@
+"""Answer a set of VQA samples with the model and score them.
+
+Scoring is exact match after lower-casing and stripping punctuation and surrounding
+whitespace; a reference that is a bounding box `[x1, y1, x2, y2]` is scored by IoU > 0.5.
+Generation is greedy and batched (left padding), through the same processor and chat
+template as serving.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .dataset import VQASample
+from .encoding import messages_for
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+_BOX = re.compile(r"^\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*$")
+_NUM = r"-?\d+(?:\.\d+)?"
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().translate(_PUNCT).split())
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    m = _BOX.match(text)
+    if m:
+        return tuple(float(v) for v in m.groups())  # type: ignore[return-value]
+    nums = re.findall(_NUM, text)
+    return tuple(float(v) for v in nums[:4]) if len(nums) >= 4 else None  # type: ignore[return-value]
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def is_correct(prediction: str, reference: str) -> bool:
+    """Exact match after normalisation; boxes by IoU > 0.5."""
+    if _BOX.match(reference):
+        pred_box = parse_box(prediction)
+        return pred_box is not None and iou(pred_box, parse_box(reference)) > 0.5  # type: ignore[arg-type]
+    return normalize(prediction) == normalize(reference)
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # percent
+    n: int
+    predictions: list[str]
+    correct: list[bool]
+
+
+@torch.no_grad()
+def generate_answers(
+    model, processor, samples: Sequence[VQASample], batch_size: int = 32, max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy answers to each sample's first question (single-turn), batched with left padding."""
+    device = next(model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    answers: list[str] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        prompts = [processor.apply_chat_template(messages_for([(s.question, None)]), add_generation_prompt=True) for s in chunk]
+        inputs = processor(images=[s.image for s in chunk], text=prompts, padding=True, return_tensors="pt").to(device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        answers += [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+def evaluate(
+    model, processor, samples: Sequence[VQASample], batch_size: int = 32,
+    scorer: Callable[[str, str], bool] = is_correct,
+) -> EvalResult:
+    preds = generate_answers(model, processor, samples, batch_size)
+    correct = [scorer(p, s.answer) for p, s in zip(preds, samples)]
+    acc = 100.0 * sum(correct) / max(1, len(correct))
+    return EvalResult(acc, len(correct), preds, correct)

@@ -1,0 +1,263 @@
+"""Task families of the synthetic world: each turns a seeded RNG into (image, question, answer).
+
+Families have distinct instruction formats, like the datasets of the CoIN benchmark. The
+base model knows `color`, `shape` and `describe`; the others are the continual tasks.
+Everything is deterministic given the seed: sample `i` of `generate(family, n, seed)` is
+the same whatever `n` is.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from PIL import Image
+
+from .canvas import Scene, SceneObject, letter_font, light_background, min_size, place_in_region, render, shape_object
+from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
+
+BASE_FAMILIES: tuple[str, ...] = ("color", "shape")
+CONTINUAL_SEQUENCE: tuple[str, ...] = ("count", "position", "letter", "choice", "box", "exists", "unanswerable")
+
+POSITION_Q = "Where is the shape? Answer with top left, top right, bottom left or bottom right."
+QUESTIONS = {
+    "color": "What color is the shape?",
+    "shape": "What shape is this?",
+    "count": "How many shapes are there?",
+    "position": POSITION_Q,
+    "letter": "What letter is written in the image?",
+    "box": "Give the bounding box of the shape as [x1, y1, x2, y2] with coordinates between 0 and 1.",
+    "describe": "Describe the image.",
+}
+
+
+@dataclass
+class WorldItem:
+    """One generated image with one or more (question, answer) turns about it."""
+
+    family: str
+    image: Image.Image
+    turns: list[tuple[str, str]]
+    scene: Scene
+
+
+class SceneDoesNotFit(Exception):
+    """Raised internally when random placement fails; the generator retries."""
+
+
+def _canvas(rng: random.Random, size: int) -> Scene:
+    return Scene(size, size, light_background(rng), supersample=4 if rng.random() < 0.3 else 1)
+
+
+def _one_shape(rng: random.Random, size: int, max_frac: float = 0.6) -> Scene:
+    scene = _canvas(rng, size)
+    name, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
+    lo = min_size(size)
+    obj = place_in_region(
+        rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
+        (lo, max(lo, size * max_frac)), [],
+    )
+    if obj is None:
+        raise SceneDoesNotFit
+    scene.objects.append(obj)
+    return scene
+
+
+def _quadrant_region(q: str, size: int, margin: float = 2.0) -> tuple[float, float, float, float]:
+    half = size / 2
+    x1 = 1 if "left" in q else half + margin
+    y1 = 1 if "top" in q else half + margin
+    return (x1, y1, x1 + half - margin - 1, y1 + half - margin - 1)
+
+
+def _shape_in_quadrant(rng: random.Random, size: int, q: str, name: str, color: str, others: list[SceneObject]):
+    lo = min_size(size)
+    return place_in_region(
+        rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), _quadrant_region(q, size),
+        (lo, max(lo, size * 0.42)), others,
+    )
+
+
+def _letter_in_region(rng, size: int, region, letter: str, others: list[SceneObject], max_frac: float):
+    lo = min_size(size)
+    return place_in_region(
+        rng, lambda x, y, s: SceneObject("letter", letter, None, x, y, s), region,
+        (lo, max(lo, size * max_frac)), others,
+    )
+
+
+def _scatter_shapes(rng: random.Random, size: int, n: int, distinct_shapes: bool = False) -> Scene:
+    scene = _canvas(rng, size)
+    lo = min_size(size)
+    names = rng.sample(SHAPES, n) if distinct_shapes else [rng.choice(SHAPES) for _ in range(n)]
+    used: set[tuple[str, str]] = set()
+    for name in names:
+        color = rng.choice([c for c in COLOR_NAMES if (c, name) not in used])
+        obj = place_in_region(
+            rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
+            (lo, max(lo, size * (0.34 if n <= 3 else 0.26))), scene.objects,
+        )
+        if obj is None:
+            raise SceneDoesNotFit
+        used.add((color, name))
+        scene.objects.append(obj)
+    return scene
+
+
+def fmt_box(box: tuple[float, float, float, float], width: int, height: int) -> str:
+    x1, y1, x2, y2 = box
+    vals = [max(0.0, min(1.0, v)) for v in (x1 / width, y1 / height, x2 / width, y2 / height)]
+    return "[" + ", ".join(f"{v:.2f}" for v in vals) + "]"
+
+
+def caption(scene: Scene) -> str:
+    """'a red circle at the top left and the letter K at the bottom right' in reading order."""
+    placed = sorted(scene.objects, key=lambda o: QUADRANTS.index(o.quadrant(scene.width, scene.height)))
+    parts = [f"{o.phrase()} at the {o.quadrant(scene.width, scene.height)}" for o in placed]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# --- one function per family: (rng, size) -> (scene, turns) -------------------------------------
+
+def _color(rng, size):
+    scene = _one_shape(rng, size)
+    return scene, [(QUESTIONS["color"], scene.objects[0].color)]
+
+
+def _shape(rng, size):
+    scene = _one_shape(rng, size)
+    return scene, [(QUESTIONS["shape"], scene.objects[0].name)]
+
+
+def _count(rng, size):
+    n = rng.randint(1, 5)
+    scene = _scatter_shapes(rng, size, n)
+    return scene, [(QUESTIONS["count"], str(n))]
+
+
+def _position(rng, size):
+    scene = _canvas(rng, size)
+    q = rng.choice(QUADRANTS)
+    obj = _shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), [])
+    if obj is None:
+        raise SceneDoesNotFit
+    scene.objects.append(obj)
+    return scene, [(QUESTIONS["position"], q)]
+
+
+def _exists(rng, size):
+    scene = _scatter_shapes(rng, size, rng.randint(2, 3))
+    present = {(o.color, o.name) for o in scene.objects}
+    if rng.random() < 0.5:
+        color, name = rng.choice(sorted(present))
+        answer = "yes"
+    else:
+        ref_color, ref_name = rng.choice(sorted(present))
+        near = [(c, ref_name) for c in COLOR_NAMES] + [(ref_color, s) for s in SHAPES]
+        pool = [p for p in (near if rng.random() < 0.5 else [(c, s) for c in COLOR_NAMES for s in SHAPES]) if p not in present]
+        color, name = rng.choice(pool)
+        answer = "no"
+    return scene, [(f"Is there a {color} {name}? Answer yes or no.", answer)]
+
+
+def _choice(rng, size):
+    scene = _scatter_shapes(rng, size, rng.randint(2, 3), distinct_shapes=True)
+    target = rng.choice(scene.objects)
+    others = [o.color for o in scene.objects if o.color != target.color]
+    distractors = list(dict.fromkeys(others))[:1] + [c for c in rng.sample(COLOR_NAMES, len(COLOR_NAMES)) if c != target.color]
+    distractors = list(dict.fromkeys(distractors))[:2]
+    options = [target.color] + distractors
+    rng.shuffle(options)
+    letter = "ABC"[options.index(target.color)]
+    q = (
+        f"What color is the {target.name}?\nA. {options[0]}\nB. {options[1]}\nC. {options[2]}\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    return scene, [(q, letter)]
+
+
+def _letter(rng, size):
+    scene = _canvas(rng, size)
+    letter = rng.choice(LETTERS)
+    obj = _letter_in_region(rng, size, (1, 1, size - 1, size - 1), letter, [], 0.6)
+    if obj is None:
+        raise SceneDoesNotFit
+    scene.objects.append(obj)
+    return scene, [(QUESTIONS["letter"], letter)]
+
+
+def _box(rng, size):
+    scene = _one_shape(rng, size, max_frac=0.55)
+    return scene, [(QUESTIONS["box"], fmt_box(scene.objects[0].bbox(), size, size))]
+
+
+def _unanswerable(rng, size):
+    scene = _one_shape(rng, size)
+    obj = scene.objects[0]
+    if rng.random() < 0.5:
+        asked, answer = obj.name, obj.color
+    else:
+        asked, answer = rng.choice([s for s in SHAPES if s != obj.name]), "unanswerable"
+    return scene, [(f"What color is the {asked}? If it is not in the image, answer unanswerable.", answer)]
+
+
+def _describe(rng, size):
+    scene = _canvas(rng, size)
+    quads = rng.sample(QUADRANTS, rng.choice([1, 1, 2, 2, 3, 4]))
+    for q in quads:
+        if rng.random() < 0.3:
+            obj = _letter_in_region(rng, size, _quadrant_region(q, size), rng.choice(LETTERS), scene.objects, 0.4)
+        else:
+            obj = _shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), scene.objects)
+        if obj is None:
+            raise SceneDoesNotFit
+        scene.objects.append(obj)
+    return scene, [(QUESTIONS["describe"], caption(scene))]
+
+
+FAMILIES: dict[str, Callable[[random.Random, int], tuple[Scene, list[tuple[str, str]]]]] = {
+    "color": _color,
+    "shape": _shape,
+    "count": _count,
+    "position": _position,
+    "exists": _exists,
+    "choice": _choice,
+    "letter": _letter,
+    "box": _box,
+    "unanswerable": _unanswerable,
+    "describe": _describe,
+}
+
+
+def check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown task family {family!r}; choose one of: {', '.join(FAMILIES)}")
+
+
+def sample_rng(seed: int, index: int, family: str) -> random.Random:
+    """An independent RNG per (seed, family, index): sample i does not depend on n."""
+    return random.Random(f"{family}:{seed}:{index}")
+
+
+def make_item(family: str, rng: random.Random, size: int | tuple[int, int] = 64) -> WorldItem:
+    """One item of `family`; `size` is a canvas side or a (min, max) range to draw it from."""
+    check_family(family)
+    for _ in range(100):
+        side = rng.randint(*size) if isinstance(size, tuple) else size
+        try:
+            scene, turns = FAMILIES[family](rng, side)
+        except SceneDoesNotFit:
+            continue
+        return WorldItem(family, render(scene), turns, scene)
+    raise RuntimeError(f"could not lay out a {family} scene on a {size} px canvas")
+
+
+def generate(family: str, n: int, seed: int = 0, size: int | tuple[int, int] = 64) -> list[WorldItem]:
+    """`n` deterministic items of one family."""
+    return [make_item(family, sample_rng(seed, i, family), size) for i in range(n)]
+
+
+def letter_glyph_ok() -> bool:
+    """Pillow must have FreeType for the bundled font's letters (checked by the tests)."""
+    return letter_font(20).getbbox("A")[2] > 0

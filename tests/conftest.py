@@ -1,0 +1,25 @@
+"""Shared fixtures: the embedded tiny model (loaded once per session) and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "models" / "llava-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The committed tiny LLaVA, loaded through llaca.model (fp32, CPU)."""
+    from llaca.model import load_model
+
+    if not (TINY / "config.json").exists():
+        pytest.fail(f"the embedded model is missing at {TINY}; run: python -m llaca.world build --out {TINY}")
+    return load_model(TINY, device="cpu")
