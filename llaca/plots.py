@@ -1,0 +1,56 @@
+"""Plots of continual-learning results (matplotlib, headless): accuracy-matrix heatmaps and curves.
+
+Shared by the benchmark's PNG and the app's learning dashboard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def matrix_heatmap(ax, matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], title: str) -> None:
+    """R[j][i]: rows = after training task j, columns = accuracy on task i (percent)."""
+    data = [[float("nan") if v is None else v for v in row] for row in matrix]
+    ax.imshow(data, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for j, row in enumerate(data):
+        for i, v in enumerate(row):
+            if v == v:  # not nan
+                ax.text(i, j, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(data)), [f"after {t}" for t in tasks[: len(data)]], fontsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def benchmark_figure(tasks: Sequence[str], results: Mapping[str, Mapping]) -> Figure:
+    """Heatmaps side by side, and each method's average accuracy on the tasks seen so far."""
+    methods = list(results)
+    fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3.6 * (len(methods) + 1), 3.8), constrained_layout=True)
+    for ax, m in zip(axes, methods):
+        r = results[m]
+        matrix_heatmap(ax, r["matrix"], tasks, f"{m}: avg {r['avg_acc']:.1f}, forg. {r['forgetting']:.1f}")
+    curve_ax = axes[-1]
+    for m in methods:
+        mat = results[m]["matrix"]
+        seen = [sum(mat[j][: j + 1]) / (j + 1) for j in range(len(mat))]
+        curve_ax.plot(range(1, len(seen) + 1), seen, marker="o", label=m)
+    curve_ax.set_xticks(range(1, len(tasks) + 1), tasks, rotation=45, ha="right", fontsize=7)
+    curve_ax.set_ylim(0, 100)
+    curve_ax.set_ylabel("mean accuracy on tasks seen (%)", fontsize=8)
+    curve_ax.set_title("over the sequence", fontsize=9)
+    curve_ax.legend(fontsize=7)
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

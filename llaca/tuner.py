@@ -1,0 +1,236 @@
+"""One continual-tuning run: LLaVA-format samples -> a LoRA adapter, trained seq / ema / llaca.
+
+LoRA goes on the language model's attention and MLP projections only (a bare `q_proj` would
+also hit the CLIP tower). Training uses `accelerate` (device placement, bf16 on GPUs,
+multi-GPU, gradient accumulation), AdamW with linear warm-up and cosine decay, and the
+answer-only loss. After every optimizer step, before gradients are cleared, the EMA of the
+chosen method is updated; when the task ends the EMA weights replace the trained ones, so
+the EMA is what is saved, served and continued from. The result is a standard peft adapter
+folder plus `run_record.json`.
+
+Methods: `seq` plain sequential LoRA, `ema` fixed EMA (0.99), `llaca` adaptive EMA (the
+authors' rule); `+replay` variants mix stored samples of earlier tasks into each batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .dataset import VQASample
+from .ema import AdaptiveEMA, FixedEMA
+from .encoding import answer_loss, encode_supervised
+
+log = logging.getLogger(__name__)
+
+LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+METHODS = ("seq", "ema", "llaca", "seq+replay", "llaca+replay")
+
+
+class TuningError(RuntimeError):
+    """A tuning run cannot start or failed; the message says why."""
+
+
+@dataclass
+class TuneConfig:
+    method: str = "llaca"
+    steps: int | None = 200  # optimizer steps; when None, `epochs` over the samples decides
+    epochs: float = 1.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str = LM_TARGETS
+    train_projector: bool = False
+    ema_beta: float = 0.99
+    replay_fraction: float = 0.25  # of each batch, for the +replay methods
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, none on CPU), "no", "bf16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TuningError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise TuningError("mixed_precision must be auto, no or bf16 (fp16 loss scaling would skew the EMA's gradients)")
+
+    @property
+    def ema_kind(self) -> str | None:
+        return {"ema": "fixed", "llaca": "adaptive", "llaca+replay": "adaptive"}.get(self.method)
+
+    @property
+    def uses_replay(self) -> bool:
+        return self.method.endswith("+replay")
+
+
+@dataclass
+class TuneResult:
+    adapter_dir: Path | None
+    record: dict = field(default_factory=dict)
+
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, recent loss)
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__}
+
+
+def _lora_model(base, cfg: TuneConfig, init_adapter: Path | None):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter is not None:
+        if not (Path(init_adapter) / "adapter_config.json").exists():
+            raise TuningError(f"cannot start from adapter {init_adapter}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+    else:
+        lcfg = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+            modules_to_save=["multi_modal_projector"] if cfg.train_projector else None, bias="none",
+        )
+        model = get_peft_model(base, lcfg)
+    n_vision = sum(1 for n, p in model.named_parameters() if p.requires_grad and "vision_tower" in n)
+    if n_vision:
+        raise TuningError(f"LoRA reached the vision tower ({n_vision} tensors); fix target_modules")
+    return model
+
+
+def _batches(samples: Sequence[VQASample], replay: Sequence[VQASample], cfg: TuneConfig, total_micro: int):
+    """Seeded epoch-wise shuffling; +replay methods swap a fraction of each batch for replayed samples."""
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    n_replay = int(round(cfg.batch_size * cfg.replay_fraction)) if (cfg.uses_replay and replay) else 0
+    n_new = cfg.batch_size - n_replay
+    for _ in range(total_micro):
+        batch = []
+        for _ in range(n_new):
+            if not order:
+                order = list(range(len(samples)))
+                rng.shuffle(order)
+            batch.append(samples[order.pop()])
+        batch += [replay[rng.randrange(len(replay))] for _ in range(n_replay)]
+        yield batch
+
+
+def tune(
+    base_model,
+    processor,
+    samples: Sequence[VQASample],
+    cfg: TuneConfig,
+    init_adapter: Path | None = None,
+    out_dir: Path | None = None,
+    replay: Sequence[VQASample] = (),
+    progress: Progress | None = None,
+    show_progress: bool = False,
+) -> TuneResult:
+    """Train a LoRA adapter on `samples` starting from `init_adapter` (or none); save it to `out_dir`.
+
+    `base_model` is a LlavaForConditionalGeneration; LoRA layers are injected for the run and
+    removed again afterwards (`unload`), so the caller's model is unchanged when this returns.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if not samples:
+        raise TuningError("no samples to train on")
+    set_seed(cfg.seed)
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum)
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(samples) / (cfg.batch_size * cfg.grad_accum)))
+    model = _lora_model(base_model, cfg, init_adapter)
+    peft_model = model
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, int(cfg.warmup_frac * steps))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, steps - warm)
+            return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        model, opt, sched = accelerator.prepare(model, opt, sched)
+        model.train()
+        ema = None
+        if cfg.ema_kind == "adaptive":
+            ema = AdaptiveEMA(params)
+        elif cfg.ema_kind == "fixed":
+            ema = FixedEMA(params, beta=cfg.ema_beta)
+        losses: list[torch.Tensor] = []
+        t0 = time.perf_counter()
+        step = 0
+        bar = tqdm(total=steps, desc=f"tune {cfg.method}", disable=not show_progress, mininterval=2)
+        for batch_samples in _batches(samples, replay, cfg, steps * cfg.grad_accum):
+            batch = {k: v.to(accelerator.device) for k, v in encode_supervised(processor, batch_samples).items()}
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = answer_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                if accelerator.sync_gradients:
+                    if ema is not None:
+                        ema.update()  # after the optimizer step, before the gradients are cleared
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            if accelerator.sync_gradients:
+                step += 1
+                bar.update(1)
+                if progress is not None and (step % 10 == 0 or step == steps):
+                    progress(step, steps, float(torch.stack(losses[-10:]).mean()))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if ema is not None:
+            ema.copy_to(params)  # the EMA is what is saved, served and continued from
+        loss_curve = torch.stack(losses).float().cpu()
+        record = {
+            "method": cfg.method,
+            "config": asdict(cfg),
+            "steps": steps,
+            "samples": len(samples),
+            "replay_pool": len(replay),
+            "init_adapter": str(init_adapter) if init_adapter else None,
+            "seconds": round(seconds, 2),
+            "loss_first": float(loss_curve[: max(1, len(loss_curve) // 10)].mean()),
+            "loss_last": float(loss_curve[-max(1, len(loss_curve) // 10):].mean()),
+            "trainable_parameters": sum(p.numel() for p in params),
+            "trainable_tensors": len(params),
+            "ema": ema.stats() if ema is not None else None,
+            "mixed_precision": mp,
+            "num_processes": accelerator.num_processes,
+            "library_versions": library_versions(),
+        }
+        if out_dir is not None and accelerator.is_main_process:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            accelerator.unwrap_model(model).save_pretrained(out_dir)
+            (out_dir / "run_record.json").write_text(json.dumps(record, indent=1))
+        return TuneResult(out_dir, record)
+    finally:
+        accelerator.free_memory()
+        peft_model.unload()  # removes the LoRA layers: the base model is left as it was
