@@ -1,0 +1,68 @@
+"""Adapter folders on disk: atomic publication and safe discovery.
+
+A version is written to `adapters/vN.tmp/`, every file fsynced, then renamed to
+`adapters/vN/` and the parent directory fsynced. A reader therefore never sees a
+half-written `vN/`; leftovers of a crash are `*.tmp` folders, which are never loaded and
+are swept on the worker's start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def staging_dir(adapters_dir: Path, version: str) -> Path:
+    path = Path(adapters_dir) / f"{version}.tmp"
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def publish(staging: Path, adapters_dir: Path, version: str) -> Path:
+    """fsync the staged files, rename `vN.tmp` -> `vN`, fsync the parent. Returns the final path."""
+    staging = Path(staging)
+    missing = [f for f in REQUIRED if not (staging / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"adapter {version} is incomplete, missing {missing} in {staging}")
+    for f in staging.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(staging)
+    final = Path(adapters_dir) / version
+    if final.exists():
+        raise FileExistsError(f"adapter folder {final} already exists; versions are never overwritten")
+    os.replace(staging, final)
+    fsync_dir(Path(adapters_dir))
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    path = Path(path)
+    return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
+
+
+def sweep_staging(adapters_dir: Path) -> list[Path]:
+    """Remove `*.tmp` folders left by a crash mid-write (they were never published)."""
+    removed = []
+    for p in Path(adapters_dir).glob("*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            log.warning("removed unpublished adapter folder %s (left by an interrupted run)", p)
+    return removed

@@ -1,0 +1,335 @@
+"""The learning loop: claim a ready buffer -> tune from the served adapter -> guard -> promote.
+
+Runs as a background thread inside the app (default) or as its own process:
+
+    python -m llaca.worker --data-dir DIR [--model models/llava-tiny] [--device cuda]
+
+It shares nothing with the app but the data directory (the store and `adapters/`), so the
+app can serve on one machine while the worker trains on a GPU machine. A buffer is held by
+a lease that a heartbeat renews while training; if the worker dies, the lease expires and
+the buffer is trained again. Adapters are published atomically (`adapter_files.publish`)
+and only then marked current, so a crash never exposes a half-written version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapter_files import publish, staging_dir, sweep_staging
+from .dataset import VQASample, read_folder
+from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
+from .model import DEFAULT_MODEL, LoadedModel, load_model
+from .tuner import TuneConfig, library_versions, tune
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(RuntimeError):
+    """Another worker took this buffer over (our lease expired); abandon the run."""
+
+
+@dataclass
+class WorkerConfig:
+    data_dir: Path
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    method: str = "llaca"
+    steps: int = 120
+    lr: float = 1e-3
+    batch_size: int = 16
+    heldout_fraction: float = 0.2
+    min_heldout: int = 2
+    margin: float = 5.0
+    lease_seconds: float = 90.0
+    poll_seconds: float = 2.0
+    idle_ready_seconds: float | None = 900.0
+    threads: int | None = None  # torch threads for training on CPU (None: leave as is)
+    probe_n: int = 60
+    probe_data: list[Path] = field(default_factory=list)
+    replay_per_buffer: int = 16
+    seed: int = 0
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+def synthetic_probes(n: int) -> list[EvalSet]:
+    """The base families every LLaVA here should keep answering: colour and shape of a shape."""
+    from .world.build import heldout
+
+    return [EvalSet(f, PROBE, heldout(f, n, seed=777_000 + k)) for k, f in enumerate(("color", "shape"))]
+
+
+class LearningWorker:
+    """One worker; `run()` loops until `stop` is set, `run_once()` handles at most one buffer."""
+
+    def __init__(self, cfg: WorkerConfig, store=None, lm: LoadedModel | None = None) -> None:
+        from feedback_store import FeedbackStore
+
+        self.cfg = cfg
+        self.store = store or FeedbackStore(cfg.data_dir)
+        self.adapters_dir = Path(cfg.data_dir) / "adapters"
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self._lm = lm
+        self._probes: list[EvalSet] | None = None
+        self.stop = threading.Event()
+
+    # -- resources loaded once ---------------------------------------------------------
+
+    @property
+    def lm(self) -> LoadedModel:
+        if self._lm is None:
+            self._lm = load_model(self.cfg.model, device=self.cfg.device)
+        return self._lm
+
+    @property
+    def probes(self) -> list[EvalSet]:
+        if self._probes is None:
+            if self.cfg.probe_data:
+                self._probes = [EvalSet(Path(p).name, PROBE, read_folder(p)) for p in self.cfg.probe_data]
+            else:
+                self._probes = synthetic_probes(self.cfg.probe_n)
+        return self._probes
+
+    def state(self, state: str, **detail) -> None:
+        try:
+            self.store.set_worker_state(self.cfg.worker_id, state, detail)
+        except Exception:  # status is best effort; never let it kill training
+            log.exception("could not write worker state")
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        sweep_staging(self.adapters_dir)
+        self.state("idle")
+        while not self.stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("learning cycle failed; the buffer returns to the queue when its lease expires")
+                self.state("error", message="the last cycle failed; see the worker log")
+                worked = False
+            if not worked:
+                self.stop.wait(self.cfg.poll_seconds)
+        self.state("stopped")
+
+    def run_once(self) -> bool:
+        if self.cfg.idle_ready_seconds:
+            self.store.mark_idle_buffers_ready(self.cfg.idle_ready_seconds)
+        buffer = self.store.claim_ready_buffer(self.cfg.worker_id, self.cfg.lease_seconds)
+        if buffer is None:
+            return False
+        log.info("claimed buffer %s (%d items)", buffer.id, buffer.size)
+        self.process(buffer)
+        return True
+
+    # -- one buffer --------------------------------------------------------------------------
+
+    def _samples(self, items) -> list[VQASample]:
+        from PIL import Image
+
+        out = []
+        for it in items:
+            if not it.image_sha256:
+                continue
+            with Image.open(self.store.image_path(it.image_sha256)) as im:
+                out.append(VQASample(f"item-{it.id}", im.convert("RGB"), [(it.question, it.answer)], f"buffer-{it.buffer_id}"))
+        return out
+
+    def _split(self, buffer) -> tuple[list, list]:
+        items = [it for it in self.store.buffer_items(buffer.id) if it.image_sha256]
+        if items and all(it.split in ("train", "heldout") for it in items) and any(it.split == "train" for it in items):
+            train = [it for it in items if it.split == "train"]  # kept from an earlier attempt
+            return train, [it for it in items if it.split == "heldout"]
+        n_held = 0 if len(items) < 3 else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
+        held_ids = set(random.Random(f"split:{buffer.id}").sample([it.id for it in items], min(n_held, len(items) - 1)))
+        self.store.set_splits(buffer.id, {it.id: ("heldout" if it.id in held_ids else "train") for it in items})
+        return [it for it in items if it.id not in held_ids], [it for it in items if it.id in held_ids]
+
+    def _earlier_sets(self, exclude: int) -> tuple[list[EvalSet], list[VQASample]]:
+        by_buffer = defaultdict(list)
+        for it in self.store.heldout_items("trained"):
+            if it.buffer_id != exclude:
+                by_buffer[it.buffer_id].append(it)
+        sets = [EvalSet(f"buffer {b}", EARLIER, self._samples(items)) for b, items in sorted(by_buffer.items())]
+        replay: list[VQASample] = []
+        if "replay" in self.cfg.method:
+            for b in sorted(by_buffer):
+                train = [it for it in self.store.buffer_items(b) if it.split == "train"]
+                replay += self._samples(train[: self.cfg.replay_per_buffer])
+        return sets, replay
+
+    def _eval_adapter(self, adapter: Path | None, sets: list[EvalSet]) -> dict[str, float]:
+        from peft import PeftModel
+
+        base = self.lm.model
+        model = PeftModel.from_pretrained(base, adapter) if adapter else base
+        model.eval()
+        try:
+            return accuracies(model, self.lm.processor, sets)
+        finally:
+            if adapter:
+                model.unload()
+
+    def process(self, buffer) -> str:
+        cfg, store = self.cfg, self.store
+        heartbeat_stop = threading.Event()
+        lost = threading.Event()
+
+        def heartbeat() -> None:
+            while not heartbeat_stop.wait(cfg.lease_seconds / 3):
+                try:
+                    store.renew_lease(buffer.id, cfg.worker_id, cfg.lease_seconds)
+                except Exception:
+                    lost.set()
+                    return
+
+        hb = threading.Thread(target=heartbeat, name=f"lease-{buffer.id}", daemon=True)
+        hb.start()
+        try:
+            return self._process(buffer, lost)
+        finally:
+            heartbeat_stop.set()
+            hb.join(timeout=5)
+
+    def _process(self, buffer, lost: threading.Event) -> str:
+        cfg, store = self.cfg, self.store
+        train_items, held_items = self._split(buffer)
+        train = self._samples(train_items)
+        if not train:
+            store.finish_claim(buffer.id, cfg.worker_id, "rejected", "no corrections with an image to learn from", None)
+            self.state("rejected", buffer=buffer.id, reason="no corrections with an image")
+            return "rejected"
+        held = self._samples(held_items)
+        current = store.current_adapter()
+        parent = current.version if current else None
+        parent_path = Path(current.path) if current else None
+        earlier, replay = self._earlier_sets(buffer.id)
+        new_name = f"buffer {buffer.id}"
+        # with too few items to hold any out, plasticity is judged on the training items
+        sets = [EvalSet(new_name, NEW, held or train)] + earlier + self.probes
+
+        stage = staging_dir(self.adapters_dir, f"buffer{buffer.id}-{os.getpid()}-{int(time.time())}")
+        tcfg = TuneConfig(method=cfg.method, steps=cfg.steps, lr=cfg.lr, batch_size=min(cfg.batch_size, max(4, len(train))),
+                          seed=cfg.seed + buffer.id)
+        self.state("training", buffer=buffer.id, step=0, total=tcfg.steps)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if lost.is_set():
+                raise LeaseLost(f"lost the lease on buffer {buffer.id}")
+            self.state("training", buffer=buffer.id, step=step, total=total, loss=round(loss, 4))
+
+        t0 = time.perf_counter()
+        result = tune(self.lm.model, self.lm.processor, train, tcfg, init_adapter=parent_path, out_dir=stage,
+                      replay=replay, progress=progress)
+        self.state("evaluating", buffer=buffer.id)
+        cand = self._eval_adapter(stage, sets)
+        cur = self._eval_adapter(parent_path, sets)
+        report = decide(cand, cur, sets, cfg.margin)
+        if lost.is_set():
+            raise LeaseLost(f"lost the lease on buffer {buffer.id} while evaluating")
+        version, final = self._publish(stage)
+        metrics = self._metrics(current, buffer, version, sets, cand, cur, report, result.record, time.perf_counter() - t0)
+        store.register_adapter(version, parent, final, cfg.method, metrics, library_versions())
+        if report.passed:
+            store.promote_adapter(version)
+            store.finish_claim(buffer.id, cfg.worker_id, "trained", report.reason, version)
+            self.state("promoted", buffer=buffer.id, version=version, reason=report.reason)
+            log.info("promoted %s from buffer %s: %s", version, buffer.id, report.reason)
+            return "promoted"
+        store.reject_adapter(version, report.reason)
+        store.finish_claim(buffer.id, cfg.worker_id, "rejected", report.reason, version)
+        self.state("rejected", buffer=buffer.id, version=version, reason=report.reason)
+        log.info("rejected %s from buffer %s: %s", version, buffer.id, report.reason)
+        return "rejected"
+
+    def _publish(self, stage: Path) -> tuple[str, Path]:
+        """Name the next version and move the staged folder there (another worker may race us)."""
+        for _ in range(20):
+            version = self.store.next_adapter_version()
+            try:
+                return version, publish(stage, self.adapters_dir, version)
+            except FileExistsError:
+                time.sleep(0.05)
+        raise RuntimeError("could not find a free adapter version name")
+
+    def _metrics(self, current, buffer, version, sets, cand, cur, report: GuardReport, record: dict, seconds: float) -> dict:
+        """The online accuracy matrix: one row per served version, columns = probes + buffers in order."""
+        prev = (current.metrics if current else {}) or {}
+        tasks = list(prev.get("tasks") or [s.name for s in sets if s.kind == PROBE])
+        rows = [list(r) for r in prev.get("matrix") or []]
+        labels = list(prev.get("row_labels") or [])
+        new_name = f"buffer {buffer.id}"
+        if new_name not in tasks:
+            tasks.append(new_name)
+        if not rows:  # the first row is the version we start from, on the same columns
+            rows, labels = [[cur.get(t) for t in tasks]], [current.version if current else "base"]
+        rows = [r + [None] * (len(tasks) - len(r)) for r in rows]
+        rows.append([cand.get(t) for t in tasks])
+        labels.append(version)
+        forgetting = {}
+        for i, t in enumerate(tasks):
+            seen = [r[i] for r in rows[:-1] if r[i] is not None]
+            if seen and rows[-1][i] is not None:
+                forgetting[t] = round(max(seen) - rows[-1][i], 2)
+        return {
+            "buffer": buffer.id, "session": buffer.session_id, "tasks": tasks, "matrix": rows, "row_labels": labels,
+            "forgetting": forgetting, "guard": report.to_dict(), "seconds": round(seconds, 1),
+            "tune": {k: record.get(k) for k in ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool")},
+        }
+
+
+def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, threading.Thread]:
+    """Start the worker as a daemon thread (the app's default); `worker.stop.set()` ends it."""
+    worker = LearningWorker(cfg, store)
+    thread = threading.Thread(target=worker.run, name="llaca-worker", daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llaca.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LLACA_DATA_DIR", "data")))
+    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", DEFAULT_MODEL))
+    ap.add_argument("--device", default=os.environ.get("LLACA_DEVICE"))
+    ap.add_argument("--method", default="llaca")
+    ap.add_argument("--steps", type=int, default=WorkerConfig.steps)
+    ap.add_argument("--lr", type=float, default=WorkerConfig.lr)
+    ap.add_argument("--margin", type=float, default=WorkerConfig.margin)
+    ap.add_argument("--lease", type=float, default=WorkerConfig.lease_seconds)
+    ap.add_argument("--poll", type=float, default=WorkerConfig.poll_seconds)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--probe-data", type=Path, nargs="*", default=[], help="LLaVA-format folders of base probes")
+    ap.add_argument("--once", action="store_true", help="handle at most one ready buffer, then exit")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = WorkerConfig(args.data_dir, args.model, args.device, args.method, args.steps, args.lr, margin=args.margin,
+                       lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data)
+    worker = LearningWorker(cfg)
+    if args.once:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sweep_staging(worker.adapters_dir)
+        worker.run_once()
+        return 0
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        worker.stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
