@@ -1,0 +1,240 @@
+"""Record types the store hands out (frozen dataclasses) and their row converters.
+
+Times are UNIX seconds (float, UTC) as stored; ``iso_time`` formats them for export.
+JSON columns (generation params, metrics, worker detail) come back as dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping
+
+Role = Literal["user", "assistant"]
+FeedbackKind = Literal["like", "dislike", "correction"]
+BufferStatus = Literal["open", "ready", "training", "trained", "rejected"]
+Split = Literal["train", "heldout"]
+AdapterStatus = Literal["candidate", "current", "rejected", "retired"]
+
+ROLES: tuple[str, ...] = ("user", "assistant")
+FEEDBACK_KINDS: tuple[str, ...] = ("like", "dislike", "correction")
+BUFFER_STATUSES: tuple[str, ...] = ("open", "ready", "training", "trained", "rejected")
+SPLITS: tuple[str, ...] = ("train", "heldout")
+ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "current", "rejected", "retired")
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """Format stored UNIX seconds as an ISO-8601 UTC string (None stays None)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def _json(value: str | None) -> dict[str, Any]:
+    return json.loads(value) if value else {}
+
+
+@dataclass(frozen=True)
+class Session:
+    """One chat session (a browser tab, or a logged-in user's conversation)."""
+
+    id: str
+    created_at: float
+    user: str | None = None
+    client: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Session":
+        return cls(id=row["id"], created_at=row["created_at"], user=row["user"], client=row["client"])
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image: normalised PNG bytes at ``path`` (relative to the data dir)."""
+
+    sha256: str
+    path: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+    source_format: str | None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "ImageRecord":
+        return cls(
+            sha256=row["sha256"], path=row["path"], width=row["width"], height=row["height"],
+            format=row["format"], bytes=row["bytes"], source_format=row.get("source_format"),
+            created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """A user question or an assistant answer. ``image_sha256`` is the image attached
+    to this very message; use ``FeedbackStore.conversation_image`` for the image that
+    applies to a follow-up turn."""
+
+    id: str
+    session_id: str
+    parent_id: str | None
+    role: Role
+    text: str
+    image_sha256: str | None
+    adapter_version: str | None
+    gen_params: dict[str, Any]
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Message":
+        return cls(
+            id=row["id"], session_id=row["session_id"], parent_id=row["parent_id"],
+            role=row["role"], text=row["text"], image_sha256=row["image_sha256"],
+            adapter_version=row["adapter_version"], gen_params=_json(row["gen_params"]),
+            created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A like, dislike or correction on an assistant message."""
+
+    id: int
+    message_id: str
+    session_id: str
+    kind: FeedbackKind
+    value: str | None
+    corrected_text: str | None
+    previous_text: str | None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Feedback":
+        return cls(
+            id=row["id"], message_id=row["message_id"], session_id=row["session_id"],
+            kind=row["kind"], value=row["value"], corrected_text=row["corrected_text"],
+            previous_text=row["previous_text"], created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class BufferItem:
+    """One teachable example: (image, question, corrected answer)."""
+
+    id: int
+    buffer_id: int
+    message_id: str
+    feedback_id: int | None
+    image_sha256: str | None
+    question: str
+    answer: str
+    split: Split
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "BufferItem":
+        return cls(
+            id=row["id"], buffer_id=row["buffer_id"], message_id=row["message_id"],
+            feedback_id=row["feedback_id"], image_sha256=row["image_sha256"],
+            question=row["question"], answer=row["answer"], split=row["split"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class TaskBuffer:
+    """A session's batch of corrections, and where it is in the learning pipeline."""
+
+    id: int
+    session_id: str
+    status: BufferStatus
+    created_at: float
+    updated_at: float
+    ready_at: float | None
+    claimed_by: str | None
+    lease_until: float | None
+    attempts: int
+    adapter_version: str | None
+    reason: str | None
+    items: tuple[BufferItem, ...] = field(default=())
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], items: tuple[BufferItem, ...] = ()) -> "TaskBuffer":
+        return cls(
+            id=row["id"], session_id=row["session_id"], status=row["status"],
+            created_at=row["created_at"], updated_at=row["updated_at"], ready_at=row["ready_at"],
+            claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+            attempts=row["attempts"], adapter_version=row["adapter_version"],
+            reason=row["reason"], items=items,
+        )
+
+
+@dataclass(frozen=True)
+class BufferState:
+    """What ``add_correction`` reports: the buffer the correction went to."""
+
+    buffer_id: int
+    size: int
+    status: BufferStatus
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """A trained adapter. ``path`` is absolute; it is stored relative to the data
+    dir when it lies inside it, so a data dir can be moved or shared."""
+
+    version: str
+    parent_version: str | None
+    path: str
+    method: str
+    status: AdapterStatus
+    metrics: dict[str, Any]
+    library_versions: dict[str, Any]
+    reason: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], path: str) -> "AdapterVersion":
+        return cls(
+            version=row["version"], parent_version=row["parent_version"], path=path,
+            method=row["method"], status=row["status"], metrics=_json(row["metrics"]),
+            library_versions=_json(row["library_versions"]), reason=row["reason"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """The last thing a learning worker reported; a stale ``updated_at`` means dead."""
+
+    worker_id: str
+    state: str
+    detail: dict[str, Any]
+    updated_at: float
+    pid: int | None
+    host: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "WorkerState":
+        return cls(
+            worker_id=row["worker_id"], state=row["state"], detail=_json(row["detail"]),
+            updated_at=row["updated_at"], pid=row["pid"], host=row["host"],
+        )
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What ``FeedbackStore.cleanup_orphans`` found (and removed, unless dry run)."""
+
+    orphan_images: tuple[str, ...]
+    temp_files: tuple[str, ...]
+    missing_images: tuple[str, ...]
+    removed: bool

@@ -1,0 +1,135 @@
+"""Feedback store: LLaVA-format and JSONL export, through the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from feedback_store import ExportError
+from feedback_store.export import export_jsonl, export_llava
+from tests.test_store_support import REPO_ROOT, ask, png_bytes, store  # noqa: F401
+
+
+@pytest.fixture
+def taught(store):
+    """Alice: two corrections (one with an image), trained. Bob: one, still open."""
+    alice, bob = store.start_session(user="alice"), store.start_session(user="bob")
+    store.register_adapter("v1", None, store.data_dir / "adapters" / "v1", "llaca", {}, {})
+    q1, a1 = ask(store, alice, "What colour?", "green", image=png_bytes((255, 0, 0)), adapter_version="v1")
+    _, a2 = ask(store, alice, "And the shape?", "circle", parent_id=a1.id)
+    _, a3 = ask(store, alice, "Say hi", "bye")  # no image in this conversation
+    store.record_feedback(alice.id, a1.id, "dislike")
+    store.add_correction(alice.id, a1.id, "red")
+    store.add_correction(alice.id, a2.id, "square")
+    store.add_correction(alice.id, a3.id, "hi")
+    buffer = store.mark_ready(alice.id)
+    store.claim_ready_buffer("w", 60)
+    store.finish_claim(buffer.id, "w", "trained", adapter_version="v1")
+    qb, ab = ask(store, bob, "Which side?", "left", image=png_bytes((0, 0, 255)))
+    store.add_correction(bob.id, ab.id, "right")
+    return {"store": store, "alice": alice, "bob": bob, "sha_red": q1.image_sha256,
+            "sha_blue": qb.image_sha256, "answers": (a1, a2, a3, ab)}
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "feedback_store", *args], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+    )
+
+
+def test_llava_export_writes_data_json_and_images(taught, tmp_path):
+    store, out = taught["store"], tmp_path / "out"
+    summary = export_llava(store, out)
+    assert (summary.records, summary.images, summary.skipped) == (3, 2, 1)  # "Say hi" has no image
+    data = json.loads((out / "data.json").read_text())
+    red = f"images/{taught['sha_red']}.png"
+    assert [(d["image"], d["conversations"]) for d in data] == [
+        (red, [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]),
+        (red, [{"from": "human", "value": "<image>\nAnd the shape?"}, {"from": "gpt", "value": "square"}]),
+        (f"images/{taught['sha_blue']}.png",
+         [{"from": "human", "value": "<image>\nWhich side?"}, {"from": "gpt", "value": "right"}]),
+    ]
+    assert len({d["id"] for d in data}) == 3
+    for d in data:
+        assert (out / d["image"]).read_bytes() == store.image_path(d["image"][7:-4]).read_bytes()
+    provenance = {p["id"]: p for p in json.loads((out / "provenance.json").read_text())}
+    first = provenance[data[0]["id"]]
+    a1 = taught["answers"][0]
+    assert (first["message_id"], first["previous_answer"], first["answer_adapter_version"]) == (a1.id, "green", "v1")
+    assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "trained")
+
+
+def test_llava_export_is_readable_by_the_projects_dataset_reader(taught, tmp_path):
+    dataset = pytest.importorskip("llaca.dataset")
+    export_llava(taught["store"], tmp_path / "out")
+    samples = dataset.read_folder(tmp_path / "out")
+    assert [(s.turns, s.image.size) for s in samples] == [
+        ([("What colour?", "red")], (32, 24)), ([("And the shape?", "square")], (32, 24)),
+        ([("Which side?", "right")], (32, 24)),
+    ]
+
+
+def test_llava_export_filters(taught, tmp_path):
+    store = taught["store"]
+    by_session = export_llava(store, tmp_path / "bob", session_id=taught["bob"].id)
+    assert by_session.records == 1 and by_session.images == 1
+    trained = export_llava(store, tmp_path / "trained", status="trained")
+    data = json.loads((tmp_path / "trained" / "data.json").read_text())
+    assert trained.records == 2 and [d["conversations"][1]["value"] for d in data] == ["red", "square"]
+    assert sorted(p.name for p in (tmp_path / "trained" / "images").iterdir()) == [f"{taught['sha_red']}.png"]
+    assert export_llava(store, tmp_path / "none", status="rejected").records == 0
+
+
+def test_export_refuses_a_non_empty_or_store_folder(taught, tmp_path):
+    store, out = taught["store"], tmp_path / "out"
+    export_llava(store, out)
+    with pytest.raises(ExportError, match="not empty. Choose a new folder or pass --force"):
+        export_llava(store, out)
+    assert export_llava(store, out, overwrite=True).records == 3
+    with pytest.raises(ExportError, match="data dir"):
+        export_llava(store, store.data_dir / "images" / "x")
+
+
+def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
+    store = taught["store"]
+    summary = export_jsonl(store, tmp_path / "j")
+    messages = [json.loads(line) for line in (tmp_path / "j" / "messages.jsonl").read_text().splitlines()]
+    feedback = [json.loads(line) for line in (tmp_path / "j" / "feedback.jsonl").read_text().splitlines()]
+    assert (summary.records, summary.feedback, summary.images) == (8, 5, 2)
+    assert len(messages) == 8 and len(feedback) == 5
+    a1 = taught["answers"][0]
+    row = next(m for m in messages if m["id"] == a1.id)
+    assert (row["role"], row["text"], row["adapter_version"], row["gen_params"]) == ("assistant", "green", "v1", {"temperature": 0.0})
+    assert row["created_at"].endswith("+00:00")
+    assert [f["kind"] for f in feedback if f["message_id"] == a1.id] == ["dislike", "correction"]
+    with_image = [m for m in messages if m["image"]]
+    assert all((tmp_path / "j" / m["image"]).is_file() for m in with_image) and len(with_image) == 2
+    only_bob = export_jsonl(store, tmp_path / "b", session_id=taught["bob"].id)
+    assert (only_bob.records, only_bob.feedback) == (2, 1)
+
+
+def test_cli_export_and_check(taught, tmp_path):
+    store = taught["store"]
+    data_dir = str(store.data_dir)
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 corrections and 1 images" in done.stdout and "left out 1 corrections" in done.stdout
+    assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
+    # LLACA_DATA_DIR is the default data dir; --format jsonl; --status is llava-only
+    done = run_cli("export", "--out", str(tmp_path / "j"), "--format", "jsonl", env={"LLACA_DATA_DIR": data_dir})
+    assert done.returncode == 0, done.stderr
+    assert "wrote 8 messages, 5 feedback rows" in done.stdout
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--format", "jsonl", "--status", "trained")
+    assert done.returncode == 2 and "--status applies to --format llava only" in done.stderr
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"))
+    assert done.returncode == 2 and "pass --force" in done.stderr
+    done = run_cli("export", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"))
+    assert done.returncode == 2 and "no feedback store" in done.stderr
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "y").exists()
+    done = run_cli("check", "--data-dir", data_dir)
+    assert done.returncode == 0 and "integrity: ok" in done.stdout
