@@ -20,14 +20,19 @@ from .dataset import VQASample
 IGNORE = -100
 
 
+def clean_text(text: str) -> str:
+    """User text with the image placeholder defused: a typed `<image>` must not become an image slot."""
+    return text.replace("<image>", "image")
+
+
 def messages_for(turns: Sequence[tuple[str, str | None]], with_image: bool = True) -> list[dict]:
     """Chat messages for a conversation; the image goes into the first user turn."""
     msgs: list[dict] = []
     for k, (q, a) in enumerate(turns):
-        content = ([{"type": "image"}] if (k == 0 and with_image) else []) + [{"type": "text", "text": q}]
+        content = ([{"type": "image"}] if (k == 0 and with_image) else []) + [{"type": "text", "text": clean_text(q)}]
         msgs.append({"role": "user", "content": content})
         if a is not None:
-            msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": clean_text(a)}]})
     return msgs
 
 

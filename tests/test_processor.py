@@ -59,3 +59,10 @@ def test_labels_cover_only_the_answers_and_their_eos(proc):
     n = int(batch["attention_mask"][0].sum())
     assert batch["input_ids"][0, :n].tolist() == ref.tolist()
     assert [text[a:b] for a, b in spans] == [" red</s>", " star</s>"]
+
+
+def test_a_typed_image_tag_is_not_an_image_slot(proc):
+    text = proc.apply_chat_template(messages_for([("what is <image> here?", None)]), add_generation_prompt=True)
+    assert text.count("<image>") == 1
+    out = proc(images=Image.new("RGB", (64, 64)), text=text, return_tensors="pt")
+    assert int((out["input_ids"] == IMAGE_ID).sum()) == 36
