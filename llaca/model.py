@@ -173,11 +173,13 @@ def stream_answer(
     image: Image.Image,
     params: GenerationParams = GenerationParams(),
     stop: threading.Event | None = None,
+    threads: int | None = None,
 ) -> Iterator[str]:
     """Yield the answer text so far (cumulative) as tokens arrive. Setting `stop` ends it early.
 
     Closing the iterator early also stops the generation thread, so an abandoned request
-    frees the model at once.
+    frees the model at once. `threads` sets the generation thread's torch CPU threads (so
+    chat and an in-process learning worker can each keep to their own cores).
     """
     stop = stop or threading.Event()
     inputs, max_new = build_inputs(lm, turns, image, params.max_new_tokens)
@@ -186,6 +188,8 @@ def stream_answer(
 
     def run() -> None:
         try:
+            if threads:
+                torch.set_num_threads(threads)
             with torch.inference_mode():
                 lm.model.generate(
                     **inputs, **{**params.generate_kwargs(), "max_new_tokens": max_new}, streamer=streamer,

@@ -90,8 +90,10 @@ class Assistant:
         lm: LoadedModel,
         current_version: Callable[[], ServedVersion] | None = None,
         poll_seconds: float = 1.0,
+        threads: int | None = None,
     ) -> None:
         self.lm = lm
+        self.threads = threads  # torch CPU threads per generation (None: the process default)
         self._base_model = lm.model
         self._current_version = current_version
         self._poll_seconds = poll_seconds
@@ -180,5 +182,5 @@ class Assistant:
         self.refresh()
         with self._lock.shared():
             version = self.version
-            for text in stream_answer(self.lm, turns, image, params, stop):
+            for text in stream_answer(self.lm, turns, image, params, stop, threads=self.threads):
                 yield text, version
