@@ -60,6 +60,7 @@ class WorkerConfig:
     probe_data: list[Path] = field(default_factory=list)
     replay_per_buffer: int = 16
     seed: int = 0
+    crash_at: str | None = None  # fault injection for crash tests: SIGKILL self at a named point
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -100,6 +101,14 @@ class LearningWorker:
             else:
                 self._probes = synthetic_probes(self.cfg.probe_n)
         return self._probes
+
+    def _checkpoint(self, name: str) -> None:
+        """Crash tests kill the worker here with a real SIGKILL (no cleanup, like a power cut)."""
+        if self.cfg.crash_at == name:
+            import signal
+
+            log.warning("crash test: SIGKILL at %s", name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def state(self, state: str, **detail) -> None:
         try:
@@ -204,8 +213,32 @@ class LearningWorker:
             heartbeat_stop.set()
             hb.join(timeout=5)
 
+    def _recover(self, buffer) -> str | None:
+        """Finish what a crashed attempt on this buffer already produced, instead of training again."""
+        cfg, store = self.cfg, self.store
+        for a in store.list_adapters():
+            if (a.metrics or {}).get("buffer") != buffer.id or not Path(a.path).exists():
+                continue
+            reason = (a.metrics.get("guard") or {}).get("reason", "")
+            if a.status == "candidate":  # crashed between registering and promoting
+                if (a.metrics.get("guard") or {}).get("passed"):
+                    store.promote_adapter(a.version)
+                    a = store.get_adapter(a.version)
+                else:
+                    store.reject_adapter(a.version, reason)
+                    a = store.get_adapter(a.version)
+            status = "rejected" if a.status == "rejected" else "trained"
+            store.finish_claim(buffer.id, cfg.worker_id, status, f"{reason} (recovered after an interrupted run)", a.version)
+            self.state("promoted" if status == "trained" else "rejected", buffer=buffer.id, version=a.version, reason=reason)
+            log.info("buffer %s: recovered %s (%s) from an interrupted run", buffer.id, a.version, a.status)
+            return "promoted" if status == "trained" else "rejected"
+        return None
+
     def _process(self, buffer, lost: threading.Event) -> str:
         cfg, store = self.cfg, self.store
+        recovered = self._recover(buffer)
+        if recovered:
+            return recovered
         train_items, held_items = self._split(buffer)
         train = self._samples(train_items)
         if not train:
@@ -240,11 +273,15 @@ class LearningWorker:
         report = decide(cand, cur, sets, cfg.margin)
         if lost.is_set():
             raise LeaseLost(f"lost the lease on buffer {buffer.id} while evaluating")
+        self._checkpoint("before-publish")
         version, final = self._publish(stage)
+        self._checkpoint("after-publish")
         metrics = self._metrics(current, buffer, version, sets, cand, cur, report, result.record, time.perf_counter() - t0)
         store.register_adapter(version, parent, final, cfg.method, metrics, library_versions())
+        self._checkpoint("after-register")
         if report.passed:
             store.promote_adapter(version)
+            self._checkpoint("after-promote")
             store.finish_claim(buffer.id, cfg.worker_id, "trained", report.reason, version)
             self.state("promoted", buffer=buffer.id, version=version, reason=report.reason)
             log.info("promoted %s from buffer %s: %s", version, buffer.id, report.reason)
@@ -257,12 +294,15 @@ class LearningWorker:
 
     def _publish(self, stage: Path) -> tuple[str, Path]:
         """Name the next version and move the staged folder there (another worker may race us)."""
-        for _ in range(20):
-            version = self.store.next_adapter_version()
-            try:
-                return version, publish(stage, self.adapters_dir, version)
-            except FileExistsError:
-                time.sleep(0.05)
+        number = int(self.store.next_adapter_version().lstrip("v"))
+        for _ in range(1000):
+            version = f"v{number}"
+            if not (self.adapters_dir / version).exists():  # a folder without a row: left by a crash
+                try:
+                    return version, publish(stage, self.adapters_dir, version)
+                except FileExistsError:  # another worker took this name just now
+                    pass
+            number += 1
         raise RuntimeError("could not find a free adapter version name")
 
     def _metrics(self, current, buffer, version, sets, cand, cur, report: GuardReport, record: dict, seconds: float) -> dict:
@@ -312,11 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=WorkerConfig.poll_seconds)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--probe-data", type=Path, nargs="*", default=[], help="LLaVA-format folders of base probes")
+    ap.add_argument("--probe-n", type=int, default=WorkerConfig.probe_n, help="synthetic probe samples per base family")
     ap.add_argument("--once", action="store_true", help="handle at most one ready buffer, then exit")
+    ap.add_argument("--crash-at", default=None, help=argparse.SUPPRESS)  # crash tests only
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = WorkerConfig(args.data_dir, args.model, args.device, args.method, args.steps, args.lr, margin=args.margin,
-                       lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data)
+                       lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data,
+                       crash_at=args.crash_at, probe_n=args.probe_n)
     worker = LearningWorker(cfg)
     if args.once:
         if args.threads:

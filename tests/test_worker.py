@@ -1,0 +1,164 @@
+"""The learning worker on the real tiny model: learn, guard, reject, and survive SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from feedback_store import FeedbackStore
+from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
+from llaca.evaluate import evaluate
+from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
+from llaca.worker import LearningWorker, WorkerConfig
+from llaca.world.build import heldout
+from tests.conftest import ROOT, TINY
+from tests.worker_helpers import teach
+
+
+def test_guard_rule():
+    sets = [EvalSet("buffer 2", NEW, [1] * 10), EvalSet("buffer 1", EARLIER, [1] * 10), EvalSet("color", PROBE, [1] * 50)]
+    ok = decide({"buffer 2": 80, "buffer 1": 96, "color": 98}, {"buffer 2": 10, "buffer 1": 100, "color": 100}, sets, 5)
+    assert ok.passed and ok.reason.startswith("passed")
+    no_gain = decide({"buffer 2": 10, "buffer 1": 100, "color": 100}, {"buffer 2": 10, "buffer 1": 100, "color": 100}, sets, 5)
+    assert not no_gain.passed and "did not improve" in no_gain.reason
+    forgot = decide({"buffer 2": 90, "buffer 1": 100, "color": 40}, {"buffer 2": 10, "buffer 1": 100, "color": 100}, sets, 5)
+    assert not forgot.passed and "base probe color fell 100% -> 40%" in forgot.reason
+    earlier = decide({"buffer 2": 90, "buffer 1": 80, "color": 100}, {"buffer 2": 10, "buffer 1": 100, "color": 100}, sets, 5)
+    assert not earlier.passed and "earlier task buffer 1" in earlier.reason
+
+
+def test_publish_is_atomic_and_leftovers_are_swept(tmp_path):
+    stage = staging_dir(tmp_path, "x")
+    stage.mkdir()
+    (stage / "adapter_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError):
+        publish(stage, tmp_path, "v1")  # incomplete: never published
+    (stage / "adapter_model.safetensors").write_bytes(b"0")
+    final = publish(stage, tmp_path, "v1")
+    assert final == tmp_path / "v1" and is_complete(final) and not stage.exists()
+    leftover = staging_dir(tmp_path, "y")
+    leftover.mkdir()
+    assert sweep_staging(tmp_path) == [leftover] and not leftover.exists()
+
+
+def served_accuracy(lm, store, family, n=100, seed=31337, size=64):
+    from peft import PeftModel
+
+    cur = store.current_adapter()
+    model = PeftModel.from_pretrained(lm.model, cur.path) if cur else lm.model
+    try:
+        return evaluate(model, lm.processor, heldout(family, n, seed=seed, size=size)).accuracy
+    finally:
+        if cur:
+            model.unload()
+
+
+@pytest.mark.slow
+def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
+    store = FeedbackStore(tmp_path)
+    base = {f: served_accuracy(tiny, store, f) for f in ("color", "shape")}
+    assert served_accuracy(tiny, store, "position") < 50
+    _, buffer_id = teach(store, "position", 48, seed=5)
+    worker = LearningWorker(WorkerConfig(tmp_path), store, lm=tiny)
+    assert worker.run_once()
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "trained", buf.reason
+    cur = store.current_adapter()
+    assert cur is not None and cur.version == buf.adapter_version and is_complete(Path(cur.path))
+    assert cur.metrics["guard"]["passed"] and cur.metrics["row_labels"] == ["base", cur.version]
+    assert served_accuracy(tiny, store, "position") >= 80
+    for f in ("color", "shape"):
+        assert served_accuracy(tiny, store, f) >= base[f] - 5, f
+    assert {s.state for s in store.worker_states()} == {"promoted"}
+
+
+@pytest.mark.slow
+def test_guard_rejects_corrections_that_would_destroy_colour(tiny, tmp_path):
+    store = FeedbackStore(tmp_path)
+    _, buffer_id = teach(store, "color", 24, seed=9, answer_for=lambda s: "blue")
+    worker = LearningWorker(WorkerConfig(tmp_path), store, lm=tiny)
+    assert worker.run_once()
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "rejected" and "color" in buf.reason and "fell" in buf.reason
+    assert store.current_adapter() is None  # still serving the base model
+    rejected = store.list_adapters()
+    assert len(rejected) == 1 and rejected[0].status == "rejected"
+
+
+def start_worker(data_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "llaca.worker", "--data-dir", str(data_dir), "--model", str(TINY), "--device", "cpu",
+         "--lease", "4", "--poll", "0.3", "--steps", "30", "--threads", "1", "--probe-n", "12", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_loses_nothing(tmp_path):
+    store = FeedbackStore(tmp_path)
+    _, buffer_id = teach(store, "position", 12, seed=3)
+    proc = start_worker(tmp_path)
+    try:
+        wait_for(lambda: any(s.state == "training" and s.detail.get("step", 0) >= 10 for s in store.worker_states()),
+                 120, "training to be under way")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    assert store.get_buffer(buffer_id).status == "training"  # claimed by the dead worker
+    assert store.current_adapter() is None
+    # a new worker takes the buffer once the lease has expired, and finishes it
+    wait_for(lambda: store.get_buffer(buffer_id).lease_until < time.time(), 10, "the lease to expire")
+    proc = start_worker(tmp_path, "--once")
+    assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
+    buf = store.get_buffer(buffer_id)
+    assert buf.status in ("trained", "rejected") and buf.attempts == 2
+    assert not list((tmp_path / "adapters").glob("*.tmp"))
+    assert all(is_complete(p) for p in (tmp_path / "adapters").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before-publish", "after-publish", "after-register", "after-promote"])
+def test_sigkill_during_promotion_never_serves_a_broken_version(tmp_path, point):
+    from llaca.model import load_model
+    from llaca.serving import BASE, Assistant, ServedVersion
+
+    store = FeedbackStore(tmp_path)
+    _, buffer_id = teach(store, "position", 12, seed=4)
+    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--margin", "100")
+    assert proc.wait(180) == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    cur = store.current_adapter()
+    if point == "after-promote":
+        assert cur is not None and is_complete(Path(cur.path))
+    else:
+        assert cur is None  # the served version is the last promoted one: still the base model
+    # what the app would serve now loads cleanly
+    lm = load_model(TINY, device="cpu")
+    served = lambda: ServedVersion(cur.version, Path(cur.path)) if cur else ServedVersion(BASE, None)  # noqa: E731
+    assistant = Assistant(lm, served)
+    assert assistant.version == (cur.version if cur else BASE)
+    # restart after the lease expired: leftovers swept, the buffer finished (recovered or trained again)
+    wait_for(lambda: store.get_buffer(buffer_id).lease_until < time.time(), 10, "the lease to expire")
+    proc = start_worker(tmp_path, "--once", "--margin", "100")
+    assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
+    assert not list((tmp_path / "adapters").glob("*.tmp"))
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "trained"
+    assert is_complete(Path(store.current_adapter().path))

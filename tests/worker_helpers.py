@@ -1,0 +1,28 @@
+"""Helpers for the worker tests: fill a session's buffer with corrections through the real store."""
+
+from __future__ import annotations
+
+import io
+
+from llaca.world.build import heldout
+
+
+def png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def teach(store, family: str, n: int, seed: int, answer_for=None, threshold: int | None = None) -> tuple[str, int]:
+    """A session asks n questions of `family`, gets a wrong answer, and corrects each one.
+
+    `answer_for(sample)` gives the correction (default: the true answer). Returns (session, buffer id).
+    """
+    session = store.start_session(client="test")
+    state = None
+    for s in heldout(family, n, seed=seed):
+        q = store.record_user_message(session.id, s.question, image_bytes=png(s.image))
+        a = store.record_answer(session.id, q.id, "I do not know", adapter_version=None, gen_params={"temperature": 0})
+        state = store.add_correction(session.id, a.id, answer_for(s) if answer_for else s.answer,
+                                     ready_threshold=threshold or n)
+    return session.id, state.buffer_id
