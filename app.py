@@ -1,42 +1,72 @@
-"""Entry point of LLaCA Studio (also the Hugging Face Space's `app_file`).
+"""LLaCA Studio: chat about images, correct wrong answers, and let the model learn from them.
 
-Until the Gradio app lands, this answers one question about one image from the command line
-with the embedded tiny model (or any LLaVA given with --model):
+Entry point (also the Hugging Face Space's ``app_file``). With no arguments it serves the
+embedded tiny model on http://127.0.0.1:7860 with the data in ./data:
 
-    python app.py --image cat.png --question "What color is the shape?"
+    python app.py
+    python app.py --model llava-hf/llava-1.5-7b-hf --data-dir /mnt/bucket/llaca --host 0.0.0.0
+    LLACA_ADMIN_PASSWORD=... python app.py       # enables rollback in the dashboard
+
+Every flag has an ``LLACA_*`` environment variable (see ``llaca/config.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
-from PIL import Image
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+log = logging.getLogger("llaca.app")
+
+
+def start_learning_worker(settings, store):
+    """HOOK: start the background learning worker (``llaca.worker``) in this process.
+
+    It claims ready buffers from the same store, trains, guards and promotes; the app's
+    assistant picks promotions up between answers. Off with ``--no-worker`` /
+    ``LLACA_WORKER=0``, e.g. when the worker runs as its own process on a GPU machine
+    (``python -m llaca.worker --data-dir <same dir>``). Returns the worker (or None).
+    """
+    if not settings.worker:
+        log.info("learning worker disabled (--no-worker / LLACA_WORKER=0)")
+        return None
+    from llaca.worker import WorkerConfig, start_background
+
+    cfg = WorkerConfig(data_dir=settings.data_dir, model=settings.model, device=settings.device, threads=settings.threads)
+    worker, _thread = start_background(cfg, store)
+    log.info("learning worker %s started in the background", cfg.worker_id)
+    return worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", "models/llava-tiny"))
-    ap.add_argument("--device", default=os.environ.get("LLACA_DEVICE"))
-    ap.add_argument("--image", help="image file; default: a generated example from the synthetic world")
-    ap.add_argument("--question", default="What color is the shape?")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    from llaca.model import GenerationParams, load_model, stream_answer
+    from llaca.config import Settings, SettingsError
 
-    if args.image:
-        image = Image.open(args.image).convert("RGB")
-    else:
-        from llaca.world.families import generate
+    try:
+        settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
+    except SettingsError as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("LLACA_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if settings.threads:
+        import torch
 
-        image = generate("color", 1, seed=7)[0].image
-    lm = load_model(args.model, device=args.device)
-    text = ""
-    for text in stream_answer(lm, [(args.question, None)], image, GenerationParams(temperature=0.0, max_new_tokens=64)):
-        pass
-    print(text.strip())
+        torch.set_num_threads(settings.threads)
+    from app import build_app, create_services, launch_kwargs
+    from llaca.model import ModelLoadError
+
+    try:
+        services = create_services(settings)
+    except ModelLoadError as e:
+        print(f"app.py: {e}", file=sys.stderr)
+        return 1
+    services.worker = start_learning_worker(settings, services.store)
+    demo = build_app(services)
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
+    log.info("serving %s on http://%s:%d (data in %s)", settings.model, settings.host, settings.port, settings.data_dir)
+    demo.launch(**launch_kwargs(services))
     return 0
 
 

@@ -1,1 +1,13 @@
-"""Gradio UI of LLaCA Studio: layout, event handlers, dashboard views. No torch or SQL here."""
+"""Gradio UI of LLaCA Studio: layout, event handlers, dashboard views. No torch or SQL here.
+
+Modules: ``build`` (layout, wiring, launch options), ``chat`` (ask/regenerate/undo/clear/stop),
+``feedback`` (likes, corrections, teach), ``panels`` (buffer panel, dashboard, rollback),
+``api`` (named endpoints for gradio_client), ``history`` (the one chat-history normaliser),
+``state`` (per-session gr.State), ``services`` (store + live assistant + stop events),
+``examples`` (synthetic-world example images), ``errors`` (exceptions -> user messages).
+"""
+
+from .build import build_app, launch_kwargs
+from .services import Services, create_services
+
+__all__ = ["Services", "build_app", "create_services", "launch_kwargs"]

@@ -1,0 +1,176 @@
+"""The programmatic API: named endpoints for clients and end-to-end tests.
+
+``.like``/``.edit`` cannot be driven from ``gradio_client``, so feedback has explicit
+endpoints. One ``gradio_client.Client`` is one Gradio session, which is one store session
+(created on its first call); every endpoint acts only on that session's messages.
+
+    /ask(image, question, temperature=0.0, top_p=0.7, max_new_tokens=512)
+        -> (answer, message_id, adapter_version)
+        With an image: a new conversation about it. Without (None): a follow-up about the
+        previous image. Streams: intermediate outputs carry the answer so far and an empty
+        message_id; the last one has the stored message id. Temperature defaults to 0
+        (greedy, deterministic) here, unlike the chat UI's 0.2.
+    /rate(message_id, rating)            rating: "like" | "dislike" -> confirmation text
+    /correct(message_id, corrected_answer) -> (buffer_id, buffer_size, buffer_status)
+    /teach()                             -> {"buffer_id", "size", "status"} (marks the buffer ready)
+    /status()                            -> {"adapter_version", "current_adapter", "worker", "buffers", ...}
+    /stop()                              -> number of generations stopped in this session
+
+Errors raise ``gr.Error`` with the reason (the client raises it as ``AppError``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from llaca.serving import BASE
+
+from .chat import NO_IMAGE, params_from, session_key, client_description
+from .errors import UserError, user_message
+from .feedback import like_kind
+from .services import Services, paced
+from .state import SessionState
+from .panels import WORKER_STALE_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+def _fail(e: BaseException, doing: str) -> gr.Error:
+    return gr.Error(user_message(e, doing))
+
+
+def _file_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("path")
+    return getattr(value, "path", None) or getattr(value, "name", None)
+
+
+class ApiHandlers:
+    """Endpoint handlers, bound to the process's services."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def _session(self, state: SessionState, request: gr.Request | None) -> str:
+        return self.s.ensure_session(state, getattr(request, "username", None), client_description(request))
+
+    def ask(self, image, question, temperature, top_p, max_new_tokens, state: SessionState, request: gr.Request = None):
+        """Ask about an image (new conversation) or, with no image, a follow-up question.
+        Yields (answer so far, message id once stored, adapter version)."""
+        conv = state.api
+        try:
+            if self.s.stops.running(session_key(request, state)):
+                raise UserError("This session is still answering its previous question: wait for it, or call /stop.")
+            question = str(question or "").strip()
+            if not question:
+                raise UserError("The question is empty.")
+            params = params_from(0.0 if temperature is None else temperature, 0.7 if top_p is None else top_p,
+                                 512 if max_new_tokens is None else max_new_tokens)
+            path = _file_path(image)
+            image_bytes = Path(path).read_bytes() if path else None
+            if image_bytes is None and conv.image is None:
+                raise UserError(NO_IMAGE)
+            session = self._session(state, request)
+            parent = None if image_bytes is not None else conv.last_id
+            msg = self.s.store.record_user_message(session, question, image_bytes=image_bytes, parent_id=parent)
+        except Exception as e:
+            raise _fail(e, "recording the question") from e
+        if image_bytes is not None:
+            conv.image, conv.turns = msg.image_sha256, []
+        conv.last_id = msg.id
+        turns = list(conv.turns) + [(question, None)]
+        text, version = "", self.s.assistant.version
+        try:
+            image_pil = self.s.images.get(conv.image)
+            with self.s.generation(session_key(request, state)) as stop:
+                stream = self.s.assistant.stream(turns, image_pil, params, stop)
+                for text, version in paced(item for item in stream if item[0].strip()):
+                    yield text, "", version
+                stopped = stop.requested
+        except Exception as e:
+            raise _fail(e, "answering") from e
+        text = text.strip()
+        try:
+            answer = self.s.store.record_answer(
+                session, msg.id, text, adapter_version=None if version == BASE else version,
+                gen_params={**params.to_dict(), "stopped": stopped, "via": "api"},
+            )
+        except Exception as e:
+            raise _fail(e, "saving the answer") from e
+        conv.turns.append((question, text))
+        conv.last_id = answer.id
+        yield text, answer.id, version
+
+    def rate(self, message_id, rating, state: SessionState) -> str:
+        """Thumbs up/down on an answer of this session."""
+        kind = like_kind(str(rating or "").strip())
+        try:
+            if kind is None:
+                raise UserError(f"rating must be 'like' or 'dislike', not {rating!r}")
+            if state.session_id is None:
+                raise UserError(f"No message {message_id!r} in this session (it has not asked anything yet).")
+            fb = self.s.store.record_feedback(state.session_id, str(message_id or ""), kind)
+        except Exception as e:
+            raise _fail(e, "recording the rating") from e
+        return f"{fb.kind} recorded on {fb.message_id}"
+
+    def correct(self, message_id, corrected_answer, state: SessionState):
+        """Store the right answer for an answer of this session; it joins the session's buffer."""
+        try:
+            if state.session_id is None:
+                raise UserError(f"No message {message_id!r} in this session (it has not asked anything yet).")
+            result = self.s.store.add_correction(
+                state.session_id, str(message_id or ""), str(corrected_answer or ""),
+                ready_threshold=self.s.settings.buffer_size,
+            )
+        except Exception as e:
+            raise _fail(e, "saving the correction") from e
+        return result.buffer_id, result.size, result.status
+
+    def teach(self, state: SessionState) -> dict:
+        """Mark this session's open buffer ready for the learning worker."""
+        try:
+            if state.session_id is None:
+                raise UserError("There is nothing to teach yet: correct an answer first.")
+            b = self.s.store.mark_ready(state.session_id)
+        except Exception as e:
+            raise _fail(e, "marking the buffer ready") from e
+        return {"buffer_id": b.id, "size": b.size, "status": b.status}
+
+    def status(self, state: SessionState) -> dict:
+        """Served adapter version, learning worker state, and this session's buffers."""
+        current = self.s.store.current_adapter()
+        now = time.time()
+        buffers = self.s.store.session_buffers(state.session_id) if state.session_id else []
+        return {
+            "model": self.s.model_name,
+            "adapter_version": self.s.assistant.version,
+            "current_adapter": current.version if current else BASE,
+            "buffer_size": self.s.settings.buffer_size,
+            "session_id": state.session_id,
+            "worker": [
+                {"worker_id": w.worker_id, "state": w.state, "detail": w.detail, "updated_at": w.updated_at,
+                 "stale": now - w.updated_at > WORKER_STALE_SECONDS}
+                for w in self.s.store.worker_states()
+            ],
+            "buffers": [
+                {"id": b.id, "status": b.status, "size": b.size, "adapter_version": b.adapter_version,
+                 "reason": b.reason,
+                 "items": [{"message_id": i.message_id, "question": i.question, "answer": i.answer,
+                            "image_sha256": i.image_sha256} for i in b.items]}
+                for b in buffers
+            ],
+        }
+
+    def stop(self, state: SessionState, request: gr.Request = None) -> int:
+        """Stop this session's running generation(s)."""
+        return self.s.stops.stop(session_key(request, state))

@@ -1,0 +1,230 @@
+"""Layout and event wiring of the LLaCA Studio app (``build_app``) and its launch options.
+
+Tabs: **Chat** (chatbot + multimodal textbox, Stop/Regenerate/Undo/Clear, parameters,
+examples; on the right the correction box and this session's buffer panel) and **Learning
+dashboard** (adapter versions, accuracy matrix, forgetting, admin rollback). Hidden
+components carry the named API endpoints (``app.api``). Events that run the model share
+one ``concurrency_id`` ("model") and the limit from settings; store-only events are not
+limited; Stop bypasses the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from .api import ApiHandlers
+from .chat import ChatHandlers, align
+from .feedback import PICK_ANSWER, FeedbackHandlers
+from .panels import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, TABLE_HEADERS, Panels
+from .services import Services
+from .state import SessionState
+
+log = logging.getLogger(__name__)
+
+MODEL_GROUP = "model"
+TITLE = "LLaCA Studio"
+INTRO = (
+    "Ask about an image. If an answer is wrong, give it a 👎 and type the right one "
+    "(or edit the answer in place). Your corrections collect in this session's buffer; "
+    "the learning worker turns them into a new adapter version that keeps what it knew."
+)
+CHAT_PLACEHOLDER = "**Upload or paste an image and ask about it.**<br>Try an example below. Every answer can be rated and corrected."
+CSS = """
+#llaca-header h1 {margin-bottom: 0}
+.llaca-badge {display:inline-block; padding:1px 8px; border-radius:10px; font-size:0.85em; margin-left:6px; background:#e5e7eb; color:#111}
+.llaca-open {background:#e0e7ff} .llaca-ready {background:#fef3c7} .llaca-training {background:#dbeafe}
+.llaca-trained {background:#dcfce7} .llaca-rejected {background:#fee2e2}
+.llaca-buffer {border:1px solid var(--border-color-primary); border-radius:8px; padding:8px; margin-bottom:8px}
+.llaca-buffer progress {width:100%}
+.llaca-items {width:100%; font-size:0.9em; border-collapse:collapse}
+.llaca-items td, .llaca-items th {padding:2px 4px; text-align:left; vertical-align:middle}
+.llaca-items img {border-radius:4px; image-rendering:pixelated}
+.llaca-chip {display:inline-block; margin:1px 3px; padding:0 6px; border-radius:8px; background:var(--background-fill-secondary)}
+.llaca-ledger {font-size:0.85em; margin-bottom:6px}
+.llaca-empty {color:var(--body-text-color-subdued); font-size:0.9em}
+"""
+
+
+def launch_kwargs(services: Services) -> dict[str, Any]:
+    """Options for ``demo.launch`` (Gradio 6: theme and css belong here, not in Blocks)."""
+    s = services.settings
+    return {
+        "server_name": s.host,
+        "server_port": s.port,
+        "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"),
+        "css": CSS,
+        "show_error": True,
+        "allowed_paths": [str((s.data_dir / "examples").absolute())],
+        "max_file_size": "25mb",
+    }
+
+
+def build_app(services: Services) -> gr.Blocks:
+    """The whole UI and API, wired to ``services``. Call ``.queue()`` and ``.launch()`` on it."""
+    s = services.settings
+    chat, fb, panels, api = ChatHandlers(services), FeedbackHandlers(services), Panels(services), ApiHandlers(services)
+    model_limits = {"concurrency_id": MODEL_GROUP, "concurrency_limit": s.concurrency}
+    light = {"concurrency_limit": None, "api_visibility": "private"}
+    # UI events are private; the named endpoints (ask, rate, correct, teach, status, stop)
+    # are defined first below so that they get those names.
+
+    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+        state = gr.State(SessionState())
+        with gr.Row(elem_id="llaca-header"):
+            gr.Markdown(f"# 🦙 {TITLE}\n{INTRO}")
+        status_md = gr.Markdown(panels.status_line(), elem_id="llaca-status")
+
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=420):
+                        chatbot = gr.Chatbot(
+                            label="Chat", elem_id="llaca-chat", height=540, editable="all",
+                            feedback_options=("Like", "Dislike"), placeholder=CHAT_PLACEHOLDER,
+                            buttons=["copy"], group_consecutive_messages=False,
+                        )
+                        box = gr.MultimodalTextbox(
+                            file_types=["image"], file_count="single", sources=["upload"], show_label=False,
+                            placeholder="Upload or paste an image, then ask about it…", elem_id="llaca-box",
+                        )
+                        with gr.Row():
+                            stop_btn = gr.Button("⏹ Stop", variant="stop", size="sm", elem_id="llaca-stop")
+                            regen_btn = gr.Button("🔄 Regenerate", size="sm")
+                            undo_btn = gr.Button("↩️ Undo", size="sm")
+                            clear_btn = gr.Button("🗑️ Clear", size="sm")
+                        with gr.Accordion("Parameters", open=False):
+                            temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.1, label="Temperature", elem_id="llaca-temperature")
+                            top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P")
+                            max_tokens = gr.Slider(1, 1024, value=512, step=1, label="Max new tokens")
+                        if services.examples:
+                            gr.Examples(
+                                examples=[[{"text": e.question, "files": [str(e.path)]}] for e in services.examples],
+                                inputs=[box], label="Examples (the synthetic world the tiny model knows)",
+                                examples_per_page=8,
+                            )
+                    with gr.Column(scale=2, min_width=320):
+                        with gr.Group():
+                            gr.Markdown("### ✏️ Correct this answer", padding=True)
+                            selection_md = gr.Markdown(PICK_ANSWER, padding=True, elem_id="llaca-selection")
+                            correction = gr.Textbox(
+                                show_label=False, placeholder="The right answer…", lines=2, elem_id="llaca-correction",
+                            )
+                            save_btn = gr.Button("Save correction", variant="primary", elem_id="llaca-save")
+                        ack_md = gr.Markdown("", elem_id="llaca-ack")
+                        gr.Markdown("### 🎓 This session's buffer")
+                        teach_btn = gr.Button("Teach now", elem_id="llaca-teach")
+                        panel = gr.HTML(elem_id="llaca-panel")
+
+            with gr.Tab("Learning dashboard", id="dashboard") as dash_tab:
+                dash_summary = gr.Markdown(elem_id="llaca-dash-summary")
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS, interactive=False, wrap=True, label="Adapter versions", elem_id="llaca-adapters",
+                    column_widths=["7%", "8%", "7%", "12%", "7%", "9%", "7%", "43%"],
+                )
+                with gr.Row():
+                    with gr.Column():
+                        version_pick = gr.Dropdown(label="Accuracy matrix of version", choices=[], interactive=True)
+                        matrix_plot = gr.Plot(label="Accuracy matrix", show_label=False, elem_id="llaca-matrix")
+                    with gr.Column():
+                        forgetting_plot = gr.Plot(label="Forgetting per version", show_label=False, elem_id="llaca-forgetting")
+                with gr.Group():
+                    gr.Markdown("### Rollback", padding=True)
+                    gr.Markdown(ADMIN_ENABLED if s.admin_enabled else ADMIN_DISABLED, padding=True, elem_id="llaca-admin-note")
+                    with gr.Row():
+                        rollback_pick = gr.Dropdown(label="Serve this version", choices=[BASE_CHOICE], interactive=s.admin_enabled)
+                        password = gr.Textbox(label="Admin password", type="password", interactive=s.admin_enabled)
+                    rollback_btn = gr.Button("Roll back", variant="stop", interactive=s.admin_enabled)
+                rollback_msg = gr.Markdown(elem_id="llaca-rollback-msg")
+                refresh_btn = gr.Button("Refresh", size="sm")
+
+        # hidden components that type the named API endpoints
+        with gr.Column(visible=False):
+            api_image = gr.File(label="image", type="filepath")
+            api_question = gr.Textbox(label="question")
+            api_temperature = gr.Number(value=0.0, label="temperature")
+            api_top_p = gr.Number(value=0.7, label="top_p")
+            api_max_tokens = gr.Number(value=512, label="max_new_tokens", precision=0)
+            api_answer = gr.Textbox(label="answer")
+            api_message_id = gr.Textbox(label="message_id")
+            api_version = gr.Textbox(label="adapter_version")
+            api_rating = gr.Textbox(label="rating")
+            api_result = gr.Textbox(label="result")
+            api_corrected = gr.Textbox(label="corrected_answer")
+            api_buffer_id = gr.Number(label="buffer_id", precision=0)
+            api_buffer_size = gr.Number(label="buffer_size", precision=0)
+            api_buffer_status = gr.Textbox(label="buffer_status")
+            api_json = gr.JSON(label="result")
+            api_count = gr.Number(label="stopped", precision=0)
+            api_buttons = [gr.Button(visible=False) for _ in range(6)]
+
+        params = [temperature, top_p, max_tokens]
+
+        def after(history, st: SessionState, request: gr.Request = None):
+            status, body = panels.refresh(st, request)
+            return fb.selection_text(st, align(history, st)), status, body
+
+        after_kw = dict(fn=after, inputs=[chatbot, state], outputs=[selection_md, status_md, panel], **light, show_progress="hidden")
+
+        # -- named API endpoints (gradio_client) ------------------------------------------
+        ask_b, rate_b, correct_b, teach_b, status_b, stop_b = api_buttons
+        ask_b.click(
+            api.ask, [api_image, api_question, api_temperature, api_top_p, api_max_tokens, state],
+            [api_answer, api_message_id, api_version], api_name="ask", **model_limits,
+        )
+        rate_b.click(api.rate, [api_message_id, api_rating, state], [api_result], api_name="rate", concurrency_limit=None)
+        correct_b.click(
+            api.correct, [api_message_id, api_corrected, state], [api_buffer_id, api_buffer_size, api_buffer_status],
+            api_name="correct", concurrency_limit=None,
+        )
+        teach_b.click(api.teach, [state], [api_json], api_name="teach", concurrency_limit=None)
+        status_b.click(api.status, [state], [api_json], api_name="status", concurrency_limit=None)
+        stop_b.click(api.stop, [state], [api_count], api_name="stop", queue=False)
+
+        # -- chat -------------------------------------------------------------------------
+        box.submit(
+            chat.submit, [box, chatbot, state, *params], [box, chatbot, state],
+            show_progress="minimal", api_visibility="private", **model_limits,
+        ).then(**after_kw)
+        gr.on(
+            [chatbot.retry, regen_btn.click], chat.retry, [chatbot, state, *params], [chatbot, state],
+            show_progress="minimal", api_visibility="private", **model_limits,
+        ).then(**after_kw)
+        gr.on([chatbot.undo, undo_btn.click], chat.undo, [chatbot, state], [box, chatbot, state], **light).then(**after_kw)
+        gr.on([chatbot.clear, clear_btn.click], chat.clear, [state], [chatbot, state, box], **light).then(
+            lambda: "", None, [ack_md], **light).then(**after_kw)
+        stop_btn.click(chat.stop, [state], None, queue=False, api_visibility="private")
+
+        # -- feedback ---------------------------------------------------------------------
+        chatbot.like(  # every click counts, even in quick succession on several answers
+            fb.like, [chatbot, state], [state, selection_md, correction, ack_md], trigger_mode="multiple", **light,
+        ).then(**after_kw)
+        chatbot.select(fb.select, [chatbot, state], [state, selection_md], trigger_mode="always_last", **light, show_progress="hidden")
+        chatbot.edit(fb.edit, [chatbot, state], [chatbot, state, ack_md], **light).then(
+            chat.reask, [chatbot, state, *params], [chatbot, state], show_progress="minimal",
+            api_visibility="private", **model_limits,
+        ).then(**after_kw)
+        gr.on(
+            [save_btn.click, correction.submit], fb.save_correction, [correction, chatbot, state],
+            [correction, chatbot, state, ack_md], **light,
+        ).then(**after_kw)
+        teach_btn.click(fb.teach, [state], [ack_md], **light).then(**after_kw)
+
+        # -- status polling and dashboard -------------------------------------------------
+        timer = gr.Timer(s.poll_seconds)
+        timer.tick(panels.poll, [state], [status_md, panel], show_progress="hidden", **light)
+        dash_outputs = [dash_summary, table, matrix_plot, forgetting_plot, version_pick, rollback_pick]
+        demo.load(panels.refresh, [state], [status_md, panel], **light, show_progress="hidden")
+        gr.on([dash_tab.select, refresh_btn.click], panels.dashboard, [version_pick], dash_outputs, **light)
+        version_pick.input(panels.matrix_for, [version_pick], [matrix_plot], **light)
+        rollback_btn.click(panels.rollback, [rollback_pick, password, version_pick], [rollback_msg, *dash_outputs], **light)
+
+        def on_unload(request: gr.Request):
+            services.stops.stop(getattr(request, "session_hash", "") or "")
+            panels.forget(request)
+
+        demo.unload(on_unload)
+
+    return demo

@@ -1,0 +1,209 @@
+"""Feedback handlers: thumbs up/down on any answer, corrections (edit in place or the
+"Correct this answer" box), choosing which answer to correct, and "Teach now".
+
+A correction is stored against the answer's store id (``state.messages[i].id``), which puts
+(image, question, corrected answer) into this session's open task buffer; the reply says
+how many corrections that buffer holds. Nothing here touches another session's messages:
+every store call passes this session's id and the store refuses any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from .chat import align, chatbot_update
+from .errors import UserError, user_message
+from .history import Turn, last_index, to_messages
+from .services import Services
+from .state import SessionState
+
+log = logging.getLogger(__name__)
+
+PICK_ANSWER = "Click an answer in the chat (or give it a 👎) to correct it."
+
+
+def _index(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def like_kind(liked: Any) -> str | None:
+    """gr.LikeData.liked -> "like" | "dislike" | None (feedback withdrawn / unknown)."""
+    if liked is True or (isinstance(liked, str) and liked.lower() in ("like", "liked", "up")):
+        return "like"
+    if liked is False or (isinstance(liked, str) and liked.lower() in ("dislike", "disliked", "down")):
+        return "dislike"
+    return None
+
+
+def buffer_ack(size: int, status: str) -> str:
+    noun = "correction" if size == 1 else "corrections"
+    text = f"Saved: {size} {noun} in this session's buffer"
+    if status == "ready":
+        text += " - it is ready and queued for learning"
+    return text + "."
+
+
+class FeedbackHandlers:
+    """Handlers for likes, corrections and teaching, bound to the process's services."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # -- what the correction box is about ---------------------------------------------
+
+    def selection_text(self, state: SessionState, turns: list[Turn]) -> str:
+        i = state.selected
+        if i is None or i >= len(turns) or i >= len(state.messages) or turns[i].role != "assistant":
+            return PICK_ANSWER
+        meta = state.messages[i]
+        q = last_index(turns, "user", i)
+        question = turns[q].text if q is not None else ""
+        version = meta.version or "?"
+        answer = turns[i].text.strip() or "(empty)"
+        if meta.feedback == "corrected":
+            return (
+                f"**Answer #{state.answer_number(i)}** (by `{version}`) to *{_short(question)}* is corrected to "
+                f"“{_short(answer, 120)}”. Type again to change the correction."
+            )
+        return (
+            f"**Answer #{state.answer_number(i)}** (by `{version}`) to *{_short(question)}*: "
+            f"“{_short(answer, 120)}”. Type the right answer below."
+        )
+
+    def _answer_meta(self, state: SessionState, turns: list[Turn], i: int | None):
+        if i is None or i >= len(turns) or turns[i].role != "assistant":
+            raise UserError("Choose an answer of the assistant to give feedback on.")
+        meta = state.messages[i]
+        if meta.id is None or state.session_id is None:
+            raise UserError("This answer was not saved (it failed or is still being written), so it cannot take feedback.")
+        return meta
+
+    # -- events -----------------------------------------------------------------------
+
+    def like(self, history, state: SessionState, data: gr.LikeData):
+        """Thumbs up/down on any answer. A thumbs-down also selects the answer for correction.
+        Outputs: state, selection text, correction box, acknowledgement."""
+        turns = align(history, state)
+        i = _index(data.index)
+        kind = like_kind(data.liked)
+        if kind is None:  # the thumb was clicked off again: nothing to record
+            return state, gr.skip(), gr.skip(), gr.skip()
+        try:
+            meta = self._answer_meta(state, turns, i)
+            self.s.store.record_feedback(state.session_id, meta.id, kind)
+        except Exception as e:
+            gr.Warning(user_message(e, "recording your feedback"))
+            return state, gr.skip(), gr.skip(), gr.skip()
+        meta.feedback = kind if meta.feedback != "corrected" else meta.feedback
+        n = state.answer_number(i)
+        if kind == "like":
+            return state, gr.skip(), gr.skip(), f"👍 Thanks: answer #{n} marked as right."
+        state.selected = i
+        gr.Info(f"Answer #{n} marked wrong. Type the right answer in “Correct this answer”.", duration=5)
+        return (
+            state, self.selection_text(state, turns),
+            gr.update(placeholder=f"The right answer to: {_short(turns[last_index(turns, 'user', i) or 0].text)}"),
+            f"👎 Answer #{n} marked as wrong - type the right answer to teach it.",
+        )
+
+    def select(self, history, state: SessionState, data: gr.SelectData):
+        """Clicking an answer makes it the one the correction box applies to.
+        Outputs: state, selection text."""
+        turns = align(history, state)
+        i = _index(data.index)
+        if i is not None and i < len(turns) and turns[i].role == "assistant":
+            state.selected = i
+        return state, self.selection_text(state, turns)
+
+    def _correct(self, state: SessionState, turns: list[Turn], i: int | None, text: str):
+        meta = self._answer_meta(state, turns, i)
+        result = self.s.store.add_correction(
+            state.session_id, meta.id, text, ready_threshold=self.s.settings.buffer_size
+        )
+        meta.feedback = "corrected"
+        return result
+
+    def edit(self, history, state: SessionState, data: gr.EditData):
+        """An edit in place: on an answer it is a correction; on a question the question is
+        asked again (``ChatHandlers.reask`` runs next). Outputs: chatbot, state, acknowledgement."""
+        turns = align(history, state)
+        i = _index(data.index)
+        if i is None or i >= len(turns):
+            return gr.skip(), state, gr.skip()
+        new_text = str(data.value if not isinstance(data.value, (list, dict)) else _text_of(data.value)).strip()
+        if turns[i].role == "user":
+            if not new_text:
+                gr.Warning("A question cannot be empty.")
+                turns[i].text = str(_text_of(data.previous_value))
+                return chatbot_update(to_messages(turns), state), state, gr.skip()
+            turns[i].text = new_text
+            del turns[i + 1:]
+            state.reask = i
+            return chatbot_update(to_messages(turns), state), state, "Asking your edited question again…"
+        try:
+            result = self._correct(state, turns, i, new_text)
+        except Exception as e:
+            gr.Warning(user_message(e, "saving your correction"))
+            turns[i].text = str(_text_of(data.previous_value))  # put the answer back as it was
+            return chatbot_update(to_messages(turns), state), state, gr.skip()
+        turns[i].text = new_text
+        state.selected = i
+        ack = buffer_ack(result.size, result.status)
+        gr.Info(ack, duration=5)
+        return chatbot_update(to_messages(turns), state), state, f"✏️ {ack}"
+
+    def save_correction(self, text, history, state: SessionState):
+        """The "Correct this answer" box: store the right answer for the selected answer and
+        show it in the chat. Outputs: correction box, chatbot, state, acknowledgement."""
+        turns = align(history, state)
+        text = str(text or "").strip()
+        try:
+            if not text:
+                raise UserError("Type the right answer first.")
+            if state.selected is None:
+                raise UserError(PICK_ANSWER)
+            result = self._correct(state, turns, state.selected, text)
+        except Exception as e:
+            gr.Warning(user_message(e, "saving your correction"))
+            return gr.skip(), gr.skip(), state, gr.skip()
+        turns[state.selected].text = text
+        ack = buffer_ack(result.size, result.status)
+        gr.Info(ack, duration=5)
+        return "", chatbot_update(to_messages(turns), state), state, f"✏️ {ack}"
+
+    def teach(self, state: SessionState):
+        """Mark this session's buffer ready for the learning worker. Output: acknowledgement."""
+        try:
+            if state.session_id is None:
+                raise UserError("There is nothing to teach yet: correct an answer first.")
+            buffer = self.s.store.mark_ready(state.session_id)
+        except Exception as e:
+            gr.Warning(user_message(e, "queueing your corrections"))
+            return gr.skip()
+        msg = f"Buffer #{buffer.id} ({buffer.size} corrections) is ready and queued for learning."
+        gr.Info(msg, duration=5)
+        return f"🎓 {msg}"
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return str(value.get("text", ""))
+    if isinstance(value, list):
+        return "\n".join(_text_of(v) for v in value if not (isinstance(v, dict) and v.get("type") == "file"))
+    return "" if value is None else str(value)
+

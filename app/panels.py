@@ -1,0 +1,373 @@
+"""Views of the learning loop: this session's buffer panel and the learning dashboard.
+
+The buffer panel shows what this session has taught (thumbnail, question, corrected answer),
+where each buffer is in the pipeline (collecting / queued / training with progress /
+promoted as vN / rejected with the reason), the version serving now, and which adapter
+version answered each message of the chat. A ``gr.Timer`` polls it; an unchanged panel is
+not sent again. The dashboard lists adapter versions with their metrics, plots the
+accuracy matrix and forgetting per version, and rolls back (admin password required).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import html
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import gradio as gr
+from matplotlib.figure import Figure
+from PIL import Image
+
+from feedback_store import AdapterVersion, TaskBuffer, WorkerState
+from llaca.plots import matrix_heatmap
+
+from .errors import UserError, user_message
+from .services import Services
+from .state import SessionState
+
+log = logging.getLogger(__name__)
+
+BASE_CHOICE = "base (no adapter)"
+WORKER_STALE_SECONDS = 120.0
+ADMIN_DISABLED = "Admin actions are disabled: no admin password is set. Start the app with `LLACA_ADMIN_PASSWORD` (or `--admin-password`) to enable rollback."
+ADMIN_ENABLED = "Rollback needs the admin password (`LLACA_ADMIN_PASSWORD`)."
+TABLE_HEADERS = ["version", "status", "parent", "created (UTC)", "avg acc %", "forgetting (worst task)", "guard", "reason"]
+
+
+class Thumbnails:
+    """Small data-URI thumbnails of stored images, cached by sha256."""
+
+    def __init__(self, services: Services, size: int = 56, keep: int = 512) -> None:
+        self.s, self.size, self.keep = services, size, keep
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, sha256: str | None) -> str:
+        if not sha256:
+            return ""
+        with self._lock:
+            if sha256 in self._items:
+                return self._items[sha256]
+        try:
+            with Image.open(self.s.store.image_path(sha256)) as im:
+                im = im.convert("RGB")
+                im.thumbnail((self.size, self.size))
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+            uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        except Exception:
+            log.warning("no thumbnail for image %s", sha256, exc_info=True)
+            uri = ""
+        with self._lock:
+            self._items[sha256] = uri
+            while len(self._items) > self.keep:
+                self._items.popitem(last=False)
+        return uri
+
+
+def _e(text: Any) -> str:
+    return html.escape("" if text is None else str(text))
+
+
+def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    if not workers:
+        return "no learning worker has reported yet - corrections are kept and will be learned once one runs"
+    parts = []
+    for w in workers:
+        name = "worker" if len(workers) == 1 else f"worker {w.worker_id}"
+        age = now - w.updated_at
+        d = w.detail or {}
+        if age > WORKER_STALE_SECONDS and w.state not in ("stopped",):
+            parts.append(f"{name} not responding (last seen {int(age)} s ago)")
+        elif w.state == "training" and d.get("buffer") is not None:
+            step, total = d.get("step"), d.get("total")
+            where = f" {step}/{total}" if step is not None and total else ""
+            parts.append(f"{name} training buffer #{d['buffer']}{where}")
+        elif w.state in ("promoted", "rejected") and d.get("buffer") is not None:
+            what = f"promoted {d.get('version')}" if w.state == "promoted" else f"rejected buffer #{d['buffer']}"
+            parts.append(f"{name} {what}")
+        else:
+            parts.append(f"{name} {w.state}")
+    return "; ".join(parts)
+
+
+def _worker_on(buffer: TaskBuffer, workers: list[WorkerState]) -> WorkerState | None:
+    """The worker whose last report is about this buffer (``detail["buffer"]``)."""
+    for w in workers:
+        d = w.detail or {}
+        if buffer.id in (d.get("buffer"), d.get("buffer_id")):
+            return w
+    return None
+
+
+def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
+    w = _worker_on(buffer, workers)
+    if w is None or w.state != "training":
+        return None
+    d = w.detail or {}
+    if isinstance(d.get("progress"), (int, float)):
+        return max(0.0, min(1.0, float(d["progress"])))
+    step, total = d.get("step"), d.get("total", d.get("steps"))
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return max(0.0, min(1.0, step / total))
+    return None
+
+
+def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int) -> tuple[str, str]:
+    """(css class, words) for where a buffer is in the learning pipeline."""
+    if buffer.status == "open":
+        return "open", f"collecting ({buffer.size}/{threshold}; press Teach now to learn sooner)"
+    if buffer.status == "ready":
+        return "ready", "queued for learning"
+    if buffer.status == "training":
+        w = _worker_on(buffer, workers)
+        if w is not None and w.state == "evaluating":
+            return "training", "checking it does not forget"
+        p = _progress(buffer, workers)
+        return "training", "training" + (f" {p:.0%}" if p is not None else "")
+    if buffer.status == "trained":
+        return "trained", f"promoted as {buffer.adapter_version}" if buffer.adapter_version else "trained"
+    if buffer.status == "rejected":
+        reason = (buffer.reason or "no reason given").removeprefix("rejected: ")
+        return "rejected", f"rejected: {reason}"
+    return buffer.status, buffer.status
+
+
+def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], threshold: int, thumbs: Thumbnails,
+                   max_items: int = 12, max_items_done: int = 3) -> str:
+    if not buffers:
+        return "<div class='llaca-empty'>Nothing taught yet. Correct a wrong answer and it appears here.</div>"
+    out = []
+    for b in reversed(buffers):
+        cls, words = buffer_status(b, workers, threshold)
+        bar = ""
+        if b.status == "training":
+            p = _progress(b, workers)
+            bar = f"<progress max='1' value='{p:.3f}'></progress>" if p is not None else "<progress></progress>"
+        rows = []
+        shown = max_items if b.status in ("open", "ready") else max_items_done  # learned buffers: a glimpse
+        for item in list(reversed(b.items))[:shown]:
+            src = thumbs.get(item.image_sha256)
+            img = f"<img src='{src}' alt='image' width='40' height='40'>" if src else ""
+            rows.append(f"<tr><td>{img}</td><td>{_e(item.question)}</td><td><b>{_e(item.answer)}</b></td></tr>")
+        more = f"<div class='llaca-more'>… and {b.size - shown} more</div>" if b.size > shown else ""
+        out.append(
+            f"<div class='llaca-buffer' data-status='{_e(b.status)}'>"
+            f"<div class='llaca-buffer-head'><b>Buffer #{b.id}</b> · {b.size} correction{'s' if b.size != 1 else ''} "
+            f"<span class='llaca-badge llaca-{_e(cls)}'>{_e(words)}</span></div>{bar}"
+            f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th></tr>{''.join(rows)}</table>{more}</div>"
+        )
+    return "".join(out)
+
+
+def render_ledger(state: SessionState) -> str:
+    """Which adapter version answered each answer of this chat (and the feedback it got)."""
+    marks = {"like": "👍", "dislike": "👎", "corrected": "✏️"}
+    parts = []
+    for i, m in enumerate(state.messages):
+        if m.role != "assistant" or m.version is None:
+            continue
+        mark = marks.get(m.feedback or "", "")
+        stop = " ⏹" if m.stopped else ""
+        parts.append(f"<span class='llaca-chip'>#{state.answer_number(i)} <code>{_e(m.version)}</code>{mark}{stop}</span>")
+    if not parts:
+        return ""
+    return "<div class='llaca-ledger'>Answered by: " + " ".join(parts) + "</div>"
+
+
+class Panels:
+    """Renders the session panel and the dashboard; handles rollback."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.thumbs = Thumbnails(services)
+        self._sent: dict[str, tuple[str, str]] = {}
+        self._sent_lock = threading.Lock()
+
+    # -- session panel ------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        store_current = self.s.store.current_adapter()
+        served = self.s.assistant.version
+        wanted = store_current.version if store_current else "base"
+        line = f"Model `{self.s.model_name}` · serving **{served}**"
+        if wanted != served:
+            line += f" (switching to **{wanted}** at the next answer)"
+        return line + f" · learning: {worker_summary(self.s.store.worker_states())}"
+
+    def session_panel(self, state: SessionState) -> tuple[str, str]:
+        status = self.status_line()
+        ledger = render_ledger(state)
+        if state.session_id is None:
+            body = ledger + render_buffers([], [], self.s.settings.buffer_size, self.thumbs)
+        else:
+            buffers = self.s.store.session_buffers(state.session_id)
+            workers = self.s.store.worker_states()
+            body = ledger + render_buffers(buffers, workers, self.s.settings.buffer_size, self.thumbs)
+        return status, f"<div class='llaca-session' data-session='{_e(state.session_id or '')}'>{body}</div>"
+
+    def refresh(self, state: SessionState, request: gr.Request = None):
+        """Outputs: status line, buffer panel (always sent)."""
+        out = self.session_panel(state)
+        key = getattr(request, "session_hash", None)
+        if key:
+            with self._sent_lock:
+                self._sent[key] = out
+        return out
+
+    def poll(self, state: SessionState, request: gr.Request = None):
+        """Timer tick: like ``refresh`` but skips outputs that did not change."""
+        try:
+            self.s.assistant.refresh()  # load a promoted/rolled-back version while idle
+            out = self.session_panel(state)
+        except Exception:
+            log.warning("status poll failed", exc_info=True)
+            return gr.skip(), gr.skip()
+        key = getattr(request, "session_hash", None) or ""
+        with self._sent_lock:
+            last = self._sent.get(key)
+            self._sent[key] = out
+        if last is None:
+            return out
+        return tuple(gr.skip() if new == old else new for new, old in zip(out, last))
+
+    def forget(self, request: gr.Request = None) -> None:
+        key = getattr(request, "session_hash", None)
+        if key:
+            with self._sent_lock:
+                self._sent.pop(key, None)
+
+    # -- dashboard ---------------------------------------------------------------------
+
+    def adapters_table(self, adapters: list[AdapterVersion]) -> list[list[Any]]:
+        rows = []
+        for a in reversed(adapters):
+            m = a.metrics or {}
+            guard = m.get("guard")
+            verdict, guard_reason = "", None
+            if isinstance(guard, dict):
+                if "passed" in guard:
+                    verdict = "passed" if guard["passed"] else "failed"
+                else:
+                    verdict = str(guard.get("verdict", ""))
+                guard_reason = guard.get("reason")
+            rows.append([
+                a.version, a.status, a.parent_version or "base",
+                time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.created_at)),
+                _num(average_accuracy(m)), _num(worst_forgetting(m)), verdict, a.reason or guard_reason or "",
+            ])
+        return rows
+
+    def matrix_figure(self, adapter: AdapterVersion | None) -> Figure | None:
+        m = (adapter.metrics or {}) if adapter else {}
+        matrix, tasks = m.get("matrix"), m.get("tasks")
+        if not matrix or not tasks:
+            return None
+        fig = Figure(figsize=(5.2, 0.9 + 0.55 * len(matrix)), constrained_layout=True)
+        ax = fig.add_subplot(1, 1, 1)
+        matrix_heatmap(ax, matrix, tasks, f"accuracy (%) of each version on each task, as of {adapter.version}")
+        labels = m.get("row_labels")
+        if isinstance(labels, list) and len(labels) == len(matrix):  # rows are the versions served in turn
+            ax.set_yticks(range(len(labels)), [str(x) for x in labels], fontsize=7)
+        return fig
+
+    def forgetting_figure(self, adapters: list[AdapterVersion]) -> Figure | None:
+        points = [(a.version, worst_forgetting(a.metrics or {}), average_accuracy(a.metrics or {})) for a in adapters]
+        points = [p for p in points if p[1] is not None or p[2] is not None]
+        if not points:
+            return None
+        fig = Figure(figsize=(4.8, 3.0), constrained_layout=True)
+        ax = fig.add_subplot(1, 1, 1)
+        xs = list(range(len(points)))
+        nan = float("nan")
+        ax.plot(xs, [nan if p[1] is None else p[1] for p in points], marker="o", color="#d6604d", label="forgetting (worst task)")
+        ax.plot(xs, [nan if p[2] is None else p[2] for p in points], marker="s", color="#4393c3", label="average accuracy")
+        ax.set_xticks(xs, [p[0] for p in points], fontsize=8)
+        ax.set_ylim(bottom=min(0.0, *(p[1] for p in points if p[1] is not None)) if any(p[1] is not None for p in points) else 0)
+        ax.set_ylabel("percent", fontsize=8)
+        ax.set_title("forgetting and accuracy per version", fontsize=9)
+        ax.legend(fontsize=7)
+        return fig
+
+    def dashboard(self, chosen: str | None = None):
+        """Outputs: summary, table, matrix plot, forgetting plot, version picker, rollback picker."""
+        adapters = self.s.store.list_adapters()
+        current = next((a for a in adapters if a.status == "current"), None)
+        versions = [a.version for a in adapters]
+        if chosen not in versions:
+            chosen = current.version if current else (versions[-1] if versions else None)
+        adapter = next((a for a in adapters if a.version == chosen), None)
+        rollback_choices = [BASE_CHOICE] + [a.version for a in adapters if a.status != "rejected"]
+        summary = (
+            f"**{len(adapters)}** adapter version{'s' if len(adapters) != 1 else ''} · current: "
+            f"**{current.version if current else 'base'}** · serving now: **{self.s.assistant.version}**"
+        )
+        if not adapters:
+            summary += "\n\nNo adapter has been trained yet: teach a buffer of corrections and the learning worker will train one."
+        elif adapter is not None and self.matrix_figure(adapter) is None:
+            summary += f"\n\n{adapter.version} has no accuracy matrix recorded."
+        return (
+            summary, self.adapters_table(adapters), self.matrix_figure(adapter), self.forgetting_figure(adapters),
+            gr.update(choices=versions, value=chosen), gr.update(choices=rollback_choices),
+        )
+
+    def matrix_for(self, chosen: str | None):
+        adapter = next((a for a in self.s.store.list_adapters() if a.version == chosen), None)
+        return self.matrix_figure(adapter)
+
+    def rollback(self, choice: str | None, password: str | None, chosen: str | None = None):
+        """Admin: serve an earlier version again (or the base model).
+        Outputs: message, then the dashboard's outputs (refreshed on success)."""
+        try:
+            expected = self.s.settings.admin_password
+            if not expected:
+                raise UserError(ADMIN_DISABLED)
+            if not hmac.compare_digest(str(password or "").encode(), expected.encode()):
+                raise UserError("Wrong admin password; nothing was changed.")
+            if not choice:
+                raise UserError("Choose the version to roll back to.")
+            target = None if choice == BASE_CHOICE else choice
+            self.s.store.rollback_to(target)
+        except Exception as e:
+            text = user_message(e, "rolling back")
+            gr.Warning(text)
+            return (f"⚠️ {text}",) + (gr.skip(),) * 6
+        msg = f"Rolled back: {target or 'the base model'} is current and serves from the next answer."
+        gr.Info(msg, duration=5)
+        log.info("admin rollback to %s", target or "base")
+        return (f"✅ {msg}",) + tuple(self.dashboard(chosen))
+
+
+def average_accuracy(metrics: dict) -> float | None:
+    """Mean accuracy of the version's own row of the accuracy matrix (its last row)."""
+    if isinstance(metrics.get("avg_acc"), (int, float)):
+        return float(metrics["avg_acc"])
+    matrix = metrics.get("matrix")
+    if not matrix or not isinstance(matrix[-1], list):
+        return None
+    values = [v for v in matrix[-1] if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def worst_forgetting(metrics: dict) -> float | None:
+    """Forgetting as recorded: a number, or per task (then the worst task's)."""
+    f = metrics.get("forgetting")
+    if isinstance(f, (int, float)):
+        return float(f)
+    if isinstance(f, dict):
+        values = [v for v in f.values() if isinstance(v, (int, float))]
+        return max(values) if values else None
+    return None
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    return ""

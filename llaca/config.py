@@ -1,0 +1,152 @@
+"""One settings object for LLaCA Studio, built from command-line flags and `LLACA_*` variables.
+
+Precedence: a flag given on the command line, then the `LLACA_*` environment variable, then
+the default. The environment is read only when `Settings.from_args` is called (never at
+import time), and an explicit `env` mapping can be passed for tests.
+
+| flag              | variable              | default              |
+|-------------------|-----------------------|----------------------|
+| --model           | LLACA_MODEL           | models/llava-tiny    |
+| --data-dir        | LLACA_DATA_DIR        | ./data               |
+| --host            | LLACA_HOST            | 127.0.0.1 (*)        |
+| --port            | LLACA_PORT            | 7860 (*)             |
+| --admin-password  | LLACA_ADMIN_PASSWORD  | none (admin actions disabled) |
+| --buffer-size     | LLACA_BUFFER_SIZE     | 8                    |
+| --device          | LLACA_DEVICE          | auto (cuda if available) |
+| --dtype           | LLACA_DTYPE           | auto (bf16 on GPU, fp32 on CPU) |
+| --concurrency     | LLACA_CONCURRENCY     | 2 (model events at once) |
+| --max-queue       | LLACA_MAX_QUEUE       | 64                   |
+| --threads         | LLACA_THREADS         | torch default        |
+| --poll-seconds    | LLACA_POLL_SECONDS    | 2.0 (status refresh) |
+| --no-worker       | LLACA_WORKER=0        | worker on            |
+
+(*) When no LLACA_HOST/LLACA_PORT is set, Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT
+are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) works unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+DEFAULT_MODEL = "models/llava-tiny"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A flag or LLACA_* variable has an unusable value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 7860
+    admin_password: str | None = None
+    buffer_size: int = 8
+    device: str | None = None
+    dtype: str | None = None
+    concurrency: int = 2
+    max_queue: int = 64
+    threads: int | None = None
+    poll_seconds: float = 2.0
+    worker: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port must be between 1 and 65535, got {self.port}")
+        for name in ("buffer_size", "concurrency", "max_queue"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"threads must be at least 1, got {self.threads}")
+        if not self.poll_seconds > 0:
+            raise SettingsError(f"poll-seconds must be positive, got {self.poll_seconds}")
+
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self.admin_password)
+
+    def describe(self) -> dict:
+        """The settings as a dict with the password hidden (for logs and /status)."""
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        out["admin_password"] = "set" if self.admin_enabled else None
+        return out
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+        """Parse flags (``argv``; default: none) over ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        args = build_parser().parse_args(list(argv or []))
+
+        def pick(flag_value, *names: str, default=None):
+            if flag_value is not None:
+                return flag_value
+            for name in names:
+                value = env.get(name)
+                if value not in (None, ""):
+                    return value
+            return default
+
+        def as_int(value, what: str) -> int | None:
+            if value is None:
+                return None
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"{what} must be an integer, got {value!r}") from None
+
+        def as_float(value, what: str) -> float:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"{what} must be a number, got {value!r}") from None
+
+        worker_env = str(env.get("LLACA_WORKER", "1")).strip().lower()
+        if worker_env not in _TRUE | _FALSE:
+            raise SettingsError(f"LLACA_WORKER must be 1/0 (or true/false), got {worker_env!r}")
+        worker = False if args.no_worker else worker_env in _TRUE
+
+        return cls(
+            model=str(pick(args.model, "LLACA_MODEL", default=DEFAULT_MODEL)),
+            data_dir=Path(pick(args.data_dir, "LLACA_DATA_DIR", default="data")),
+            host=str(pick(args.host, "LLACA_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1")),
+            port=as_int(pick(args.port, "LLACA_PORT", "GRADIO_SERVER_PORT", default=7860), "port"),
+            admin_password=pick(args.admin_password, "LLACA_ADMIN_PASSWORD") or None,
+            buffer_size=as_int(pick(args.buffer_size, "LLACA_BUFFER_SIZE", default=8), "buffer size"),
+            device=pick(args.device, "LLACA_DEVICE"),
+            dtype=pick(args.dtype, "LLACA_DTYPE"),
+            concurrency=as_int(pick(args.concurrency, "LLACA_CONCURRENCY", default=2), "concurrency"),
+            max_queue=as_int(pick(args.max_queue, "LLACA_MAX_QUEUE", default=64), "max queue"),
+            threads=as_int(pick(args.threads, "LLACA_THREADS"), "threads"),
+            poll_seconds=as_float(pick(args.poll_seconds, "LLACA_POLL_SECONDS", default=2.0), "poll seconds"),
+            worker=worker,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="app.py",
+        description="LLaCA Studio: chat about images, correct wrong answers, and let the model learn from them.",
+        epilog="Every flag also reads an LLACA_* environment variable (see llaca/config.py).",
+    )
+    ap.add_argument("--model", help=f"LLaVA hub id or local folder (default {DEFAULT_MODEL}; LLACA_MODEL)")
+    ap.add_argument("--data-dir", help="where the store, images and adapters live (default ./data; LLACA_DATA_DIR)")
+    ap.add_argument("--host", help="address to bind (default 127.0.0.1; LLACA_HOST)")
+    ap.add_argument("--port", type=int, help="port (default 7860; LLACA_PORT)")
+    ap.add_argument("--admin-password", help="enables rollback and other admin actions (LLACA_ADMIN_PASSWORD)")
+    ap.add_argument("--buffer-size", type=int, help="corrections that make a buffer ready to learn (default 8; LLACA_BUFFER_SIZE)")
+    ap.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; LLACA_DEVICE)")
+    ap.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU; LLACA_DTYPE)")
+    ap.add_argument("--concurrency", type=int, help="model events that may run at once (default 2; LLACA_CONCURRENCY)")
+    ap.add_argument("--max-queue", type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)")
+    ap.add_argument("--poll-seconds", type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)")
+    ap.add_argument("--no-worker", action="store_true", help="do not start the background learning worker (LLACA_WORKER=0)")
+    return ap

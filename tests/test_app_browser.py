@@ -1,0 +1,198 @@
+"""The real page in headless Chromium (Playwright, the system browser): upload an image, ask,
+see the streamed answer, thumbs-down, submit a correction, see the buffer panel update; then
+the learning dashboard and an admin rollback.
+
+Runs ``python app.py`` on 127.0.0.1 and a free port with a temporary data dir; screenshots
+land in the test's tmp dir (docs/*.png come from a real learning run: docs/screenshots.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+CHROMIUM = Path(os.environ.get("LLACA_CHROMIUM", "/usr/bin/chromium"))
+MODEL = Path(os.environ.get("LLACA_TEST_MODEL", TINY))
+PASSWORD = "browser-test-pw"
+COLOR_Q = "What color is the shape?"
+SHAPE_Q = "What shape is this?"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason=f"no Chromium at {CHROMIUM} (install it: apt-get install -y chromium); in CI this test must run",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.server import AppServer
+
+    root = tmp_path_factory.mktemp("app-browser")
+    with AppServer(MODEL, root / "data", env={"LLACA_ADMIN_PASSWORD": PASSWORD}, log_path=root / "app.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        pg.goto(server.url, wait_until="load")
+        pg.wait_for_selector("#llaca-box textarea")
+        pg.get_by_text("Parameters").click()  # greedy answers, so the test knows what to expect
+        temperature = pg.locator("#llaca-temperature input[type=number]")
+        temperature.wait_for(state="visible")
+        temperature.fill("0")
+        temperature.press("Tab")
+        expect(temperature).to_have_value("0")
+        expect(pg.locator("#llaca-temperature input[type=range]")).to_have_value("0")
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A one-shape image (the base model knows colours) and a several-shapes image (it has
+    not learned to count yet: the answer to correct), with the true answers."""
+    from llaca.world.families import generate
+
+    folder = tmp_path_factory.mktemp("img")
+    shape = generate("color", 1, seed=31, size=128)[0]
+    count = generate("count", 1, seed=8, size=128)[0]
+    shape.image.save(folder / "shape.png")
+    count.image.save(folder / "count.png")
+    return (folder / "shape.png", shape.scene.objects[0].color), (folder / "count.png", count.turns[0])
+
+
+def screenshot(page, name: str, tmp: Path) -> None:
+    page.add_style_tag(content="[data-testid='toast-body'] {display: none !important}")  # no notifications on top
+    page.screenshot(path=str(tmp / name), full_page=True)
+
+
+def bot_texts(page) -> list[str]:
+    return [t.strip() for t in page.locator("#llaca-chat [data-testid='bot']").all_inner_texts()]
+
+
+def ask(page, question: str, image: Path | None = None) -> None:
+    if image is not None:
+        page.set_input_files("#llaca-box input[type=file]", str(image))
+        page.wait_for_selector("#llaca-box img")
+    page.locator("#llaca-box textarea").fill(question)
+    page.locator("#llaca-box textarea").press("Enter")
+
+
+def test_ask_thumbs_down_correct_and_see_the_buffer(page, server, images, tmp_path):
+    from playwright.sync_api import expect
+
+    from feedback_store import FeedbackStore
+
+    (shape_png, color), (count_png, (count_q, count)) = images
+    bots = page.locator("#llaca-chat [data-testid='bot']")
+    # record every text the answer bubbles show, to see the answer stream in
+    page.evaluate("""() => { window.__seen = [];
+        new MutationObserver(() => document.querySelectorAll('#llaca-chat [data-testid="bot"]').forEach(
+            b => window.__seen.push(b.innerText))).observe(document.body, {subtree: true, childList: true, characterData: true}); }""")
+    ask(page, COLOR_Q, shape_png)
+    expect(bots.first).to_have_text(color)  # the right answer
+    seen = page.evaluate("window.__seen")
+    assert any("▌" in s for s in seen), seen  # it arrived as a stream (cursor while generating)
+
+    # a new image starts a new conversation; the base model has not learned to count
+    ask(page, count_q, count_png)
+    expect(bots.nth(1)).to_be_visible()
+    expect(bots.nth(1)).not_to_contain_text("▌", timeout=20_000)
+    thumbs_down = "#llaca-chat button[aria-label='Dislike'], #llaca-chat button[aria-label='Disliked']"
+    expect(page.locator(thumbs_down)).to_have_count(2)  # the new answer's buttons are there too
+    answer = bot_texts(page)[1]
+    assert bot_texts(page)[0] == color and answer not in ("", "…")
+    fix = count if answer != count else f"{count} shapes"
+
+    # 👎 on that answer, then type the right one: two clicks and the answer
+    page.get_by_role("button", name="Dislike", exact=True).last.click()
+    expect(page.locator("#llaca-selection")).to_contain_text("Answer #2")
+    expect(page.locator("#llaca-ack")).to_contain_text("marked as wrong")
+    page.locator("#llaca-correction textarea").fill(fix)
+    page.locator("#llaca-save").click()
+    expect(page.locator("#llaca-ack")).to_contain_text("Saved: 1 correction in this session's buffer")
+    panel = page.locator("#llaca-panel")
+    expect(panel).to_contain_text(count_q)
+    expect(panel).to_contain_text(fix)
+    expect(panel).to_contain_text("collecting (1/8")
+    expect(panel).to_contain_text("#2 base")  # the version that answered
+    assert panel.locator("img").count() == 1  # the image's thumbnail
+    expect(bots.nth(1)).to_have_text(fix)
+    screenshot(page, "chat.png", tmp_path)
+
+    session = panel.locator("[data-session]").get_attribute("data-session")
+    store = FeedbackStore(server.data_dir)
+    try:
+        fb = [(f.kind, f.corrected_text, f.previous_text) for f in store.session_feedback(session)]
+        [item] = store.session_buffers(session)[0].items
+        count_image = [m.image_sha256 for m in store.session_history(session) if m.text == count_q]
+    finally:
+        store.close()
+    assert fb == [("dislike", None, None), ("correction", fix, answer)]
+    assert (item.question, item.answer, [item.image_sha256]) == (count_q, fix, count_image)
+
+
+def test_teach_now_and_the_learning_status(page):
+    from playwright.sync_api import expect
+
+    page.locator("#llaca-teach").click()
+    expect(page.locator("#llaca-ack")).to_contain_text("ready and queued for learning")
+    expect(page.locator("#llaca-panel")).to_contain_text("queued for learning")
+
+
+def test_dashboard_and_admin_rollback(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    from feedback_store import FeedbackStore
+    from tests.test_app_live import make_adapter
+
+    store = FeedbackStore(server.data_dir)
+    try:
+        # two real (untrained) adapters, with metrics in the learning worker's format (fixture numbers)
+        tasks = ["color", "shape", "buffer 1", "buffer 2"]
+        rows = [[100.0, 82.0, 10.0, 5.0], [100.0, 81.0, 90.0, 8.0], [99.0, 81.0, 88.0, 92.0]]
+        for k, (version, parent) in enumerate([("v1", None), ("v2", "v1")], start=1):
+            make_adapter(server.data_dir / "adapters" / version)
+            matrix = [r[: k + 2] for r in rows[: k + 1]]
+            forgetting = {t: round(max(r[i] for r in matrix[:-1]) - matrix[-1][i], 2) for i, t in enumerate(tasks[: k + 2])}
+            store.register_adapter(version, parent, server.data_dir / "adapters" / version, "llaca", metrics={
+                "buffer": k, "tasks": tasks[: k + 2], "matrix": matrix, "row_labels": ["base", "v1", "v2"][: k + 1],
+                "forgetting": forgetting, "guard": {"passed": True, "reason": "no task dropped more than 5 points", "margin": 5.0}})
+            store.promote_adapter(version)
+    finally:
+        store.close()
+    page.get_by_role("tab", name="Learning dashboard").click()
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#llaca-adapters")).to_contain_text("v2")
+    expect(page.locator("#llaca-dash-summary")).to_contain_text("current: v2")
+    expect(page.locator("#llaca-matrix img")).to_be_visible()
+    expect(page.locator("#llaca-forgetting img")).to_be_visible()
+    screenshot(page, "dashboard.png", tmp_path)
+
+    # rollback needs the admin password
+    page.get_by_label("Serve this version").click()
+    page.get_by_role("option", name="v1", exact=True).click()
+    page.get_by_label("Admin password").fill("wrong")
+    page.get_by_role("button", name="Roll back").click()
+    expect(page.locator("#llaca-rollback-msg")).to_contain_text("Wrong admin password")
+    page.get_by_label("Admin password").fill(PASSWORD)
+    page.get_by_role("button", name="Roll back").click()
+    expect(page.locator("#llaca-rollback-msg")).to_contain_text("Rolled back: v1 is current")
+    expect(page.locator("#llaca-dash-summary")).to_contain_text("current: v1")

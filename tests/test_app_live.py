@@ -1,0 +1,135 @@
+"""The app launched in-process (``demo.launch(prevent_thread_lock=True)``) on the tiny model:
+Stop really stops generation, and promotions/rollbacks in the store reach the next answer.
+
+In-process so the test can slow the model down (Stop needs a long answer to interrupt)
+and register adapters; everything else is the real app behind the real HTTP API.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import StoppingCriteria
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+MODEL = Path(os.environ.get("LLACA_TEST_MODEL", TINY))
+COLOR_Q = "What color is the shape?"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from app import build_app, create_services, launch_kwargs
+    from app.server import free_port
+    from llaca.config import Settings
+    from llaca.model import load_model
+
+    torch.set_num_threads(1)
+    lm = load_model(MODEL, device="cpu")  # its own copy: adapters get attached to it
+    settings = Settings(model=str(MODEL), data_dir=tmp_path_factory.mktemp("live") / "data", device="cpu",
+                        port=free_port(), admin_password="pw", worker=False)
+    services = create_services(settings, lm=lm)
+    demo = build_app(services)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(services))
+    try:
+        yield services, f"http://127.0.0.1:{settings.port}/"
+    finally:
+        demo.close()
+        services.store.close()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    from llaca.world.families import generate
+
+    it = generate("color", 1, seed=5, size=96)[0]
+    path = tmp_path_factory.mktemp("img") / "shape.png"
+    it.image.save(path)
+    return path, it.scene.objects[0].color
+
+
+class Slow(StoppingCriteria):
+    def __call__(self, input_ids, scores, **kwargs):
+        time.sleep(0.02)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+def test_stop_really_stops_generation(live, image, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    services, url = live
+    model = services.assistant.lm.model
+    original = model.generate
+    generated: list[int] = []
+
+    def long_and_slow(**kwargs):  # force a 300-token answer at ~50 tokens/s
+        kwargs.update(min_new_tokens=300, max_new_tokens=300)
+        kwargs["stopping_criteria"].append(Slow())
+        out = original(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(model, "generate", long_and_slow)
+    client = Client(url, verbose=False)
+    job = client.submit(handle_file(str(image[0])), COLOR_Q, 0.0, 0.7, 300, api_name="/ask")
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.outputs(), "no streamed output arrived"
+    assert client.predict(api_name="/stop") == 1
+    t0 = time.monotonic()
+    answer, message_id, version = job.result(timeout=10)
+    assert time.monotonic() - t0 < 3
+    assert generated and generated[0] < 300, generated  # the model itself stopped early
+    stored = [m for m in services.store.session_history(client.predict(api_name="/status")["session_id"]) if m.id == message_id]
+    assert stored[0].gen_params["stopped"] is True and stored[0].text == answer
+    monkeypatch.undo()
+    assert client.predict(None, COLOR_Q, 0.0, 0.7, 16, api_name="/ask")[0] == image[1]  # still serving
+
+
+def make_adapter(path: Path) -> None:
+    """A real (untrained) LoRA adapter for the tiny model, in peft's folder format."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlavaForConditionalGeneration
+
+    from llaca.tuner import LM_TARGETS
+
+    base = LlavaForConditionalGeneration.from_pretrained(MODEL)
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LM_TARGETS)).save_pretrained(path)
+
+
+def test_promotion_and_rollback_reach_the_next_answer(live, image):
+    from gradio_client import Client, handle_file
+
+    from app.panels import BASE_CHOICE, Panels
+
+    services, url = live
+    store = services.store
+    make_adapter(store.data_dir / "adapters" / "v1")
+    store.register_adapter("v1", None, store.data_dir / "adapters" / "v1", "llaca",
+                           metrics={"tasks": ["color", "buffer 1"], "matrix": [[97.0, 40.0], [95.0, 88.0]],
+                                    "row_labels": ["base", "v1"], "forgetting": {"color": 2.0, "buffer 1": 0.0},
+                                    "guard": {"passed": True, "reason": "ok", "margin": 5.0}})
+    store.promote_adapter("v1")
+    time.sleep(1.1)  # the assistant polls the store at most once a second
+    client = Client(url, verbose=False)
+    answer, message_id, version = client.predict(handle_file(str(image[0])), COLOR_Q, 0.0, 0.7, 16, api_name="/ask")
+    assert version == "v1" and answer == image[1]  # an untrained LoRA changes nothing
+    session = client.predict(api_name="/status")["session_id"]
+    assert store.session_history(session)[-1].adapter_version == "v1"
+
+    panels = Panels(services)
+    summary, rows, matrix, forgetting, *_ = panels.dashboard()
+    assert rows[0][:2] == ["v1", "current"] and matrix is not None and forgetting is not None
+    assert rows[0][4:7] == ["91.5", "2.0", "passed"]  # avg of v1's row, worst task's forgetting, guard
+    assert panels.rollback(BASE_CHOICE, "pw")[0].startswith("✅")
+    time.sleep(1.1)
+    assert client.predict(None, COLOR_Q, 0.0, 0.7, 16, api_name="/ask")[2] == "base"
+    assert client.predict(api_name="/status")["adapter_version"] == "base"

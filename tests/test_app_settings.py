@@ -1,0 +1,57 @@
+"""Settings: flags over LLACA_* variables over defaults; bad values say which setting is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llaca.config import Settings, SettingsError
+
+
+def test_defaults_serve_the_tiny_model_on_localhost():
+    s = Settings.from_args([], env={})
+    assert (s.model, s.host, s.port) == ("models/llava-tiny", "127.0.0.1", 7860)
+    assert s.data_dir == Path("data") and s.buffer_size == 8 and s.concurrency == 2
+    assert s.admin_password is None and not s.admin_enabled and s.worker is True and s.device is None
+
+
+def test_environment_then_flags():
+    env = {
+        "LLACA_MODEL": "llava-hf/llava-1.5-7b-hf", "LLACA_DATA_DIR": "/mnt/llaca", "LLACA_HOST": "0.0.0.0",
+        "LLACA_PORT": "8000", "LLACA_ADMIN_PASSWORD": "s3cret", "LLACA_BUFFER_SIZE": "4",
+        "LLACA_DEVICE": "cuda", "LLACA_CONCURRENCY": "3", "LLACA_WORKER": "0",
+    }
+    s = Settings.from_args([], env=env)
+    assert s.model == "llava-hf/llava-1.5-7b-hf" and s.data_dir == Path("/mnt/llaca")
+    assert (s.host, s.port, s.buffer_size, s.device, s.concurrency) == ("0.0.0.0", 8000, 4, "cuda", 3)
+    assert s.admin_enabled and s.worker is False
+    assert s.describe()["admin_password"] == "set"  # never the password itself
+    s = Settings.from_args(["--port", "9000", "--model", "m", "--buffer-size", "2", "--no-worker"], env={"LLACA_PORT": "8000"})
+    assert (s.port, s.model, s.buffer_size, s.worker) == (9000, "m", 2, False)
+
+
+def test_gradio_server_variables_are_a_fallback_for_spaces():
+    s = Settings.from_args([], env={"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"})
+    assert (s.host, s.port) == ("0.0.0.0", 7861)
+    s = Settings.from_args([], env={"GRADIO_SERVER_NAME": "0.0.0.0", "LLACA_HOST": "127.0.0.1"})
+    assert s.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    ([], {"LLACA_PORT": "http"}, "port must be an integer"),
+    (["--port", "70000"], {}, "port must be between"),
+    ([], {"LLACA_BUFFER_SIZE": "0"}, "buffer-size must be at least 1"),
+    ([], {"LLACA_WORKER": "maybe"}, "LLACA_WORKER"),
+    (["--concurrency", "0"], {}, "concurrency must be at least 1"),
+])
+def test_bad_values_name_the_setting(argv, env, words):
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_args(argv, env=env)
+
+
+def test_no_environment_read_at_import(monkeypatch):
+    monkeypatch.setenv("LLACA_PORT", "7999")
+    assert Settings.from_args([]).port == 7999  # read when called, not when imported
+    monkeypatch.delenv("LLACA_PORT")
+    assert Settings.from_args([]).port == 7860
