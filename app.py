@@ -34,7 +34,11 @@ def start_learning_worker(settings, store):
         return None
     from llaca.worker import WorkerConfig, start_background
 
-    cfg = WorkerConfig(data_dir=settings.data_dir, model=settings.model, device=settings.device, threads=settings.threads)
+    cfg = WorkerConfig(
+        data_dir=settings.data_dir, model=settings.model, device=settings.device, method=settings.learn_method,
+        steps=settings.learn_steps, margin=settings.guard_margin, idle_ready_seconds=settings.idle_ready or None,
+        threads=settings.worker_threads,
+    )
     worker, _thread = start_background(cfg, store)
     log.info("learning worker %s started in the background", cfg.worker_id)
     return worker

@@ -165,12 +165,25 @@ class Services:
             self.stops.end(key, event)
 
 
+def chat_threads(settings: Settings, lm: LoadedModel) -> int | None:
+    """Torch threads per answer on CPU: all cores, less the in-app worker's, so that training
+    and chat never oversubscribe the cores (which stalls both). None leaves torch's default."""
+    if settings.threads:
+        return settings.threads
+    if lm.device.type != "cpu":
+        return None
+    import os
+
+    worker = (settings.worker_threads or 1) if settings.worker else 0
+    return max(1, (os.cpu_count() or 1) - worker)
+
+
 def create_services(settings: Settings, lm: LoadedModel | None = None) -> Services:
     """Open the store in the data dir, load the model (unless given), write the examples."""
     store = FeedbackStore(settings.data_dir)
     if lm is None:
         lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
-    assistant = Assistant(lm, current_version=served_version_from(store), poll_seconds=1.0)
+    assistant = Assistant(lm, current_version=served_version_from(store), poll_seconds=1.0, threads=chat_threads(settings, lm))
     try:
         examples = make_examples(settings.data_dir / "examples")
     except Exception:  # examples are a convenience; never block serving

@@ -19,6 +19,11 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --threads         | LLACA_THREADS         | torch default        |
 | --poll-seconds    | LLACA_POLL_SECONDS    | 2.0 (status refresh) |
 | --no-worker       | LLACA_WORKER=0        | worker on            |
+| --learn-method    | LLACA_LEARN_METHOD    | llaca (seq, ema, llaca, seq+replay, llaca+replay) |
+| --learn-steps     | LLACA_LEARN_STEPS     | 80 optimizer steps per buffer |
+| --guard-margin    | LLACA_GUARD_MARGIN    | 5 points             |
+| --idle-ready      | LLACA_IDLE_READY      | 900 s (an idle open buffer becomes ready; 0 = never) |
+| --worker-threads  | LLACA_WORKER_THREADS  | 1 on CPU (torch threads of the in-app worker) |
 
 (*) When no LLACA_HOST/LLACA_PORT is set, Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT
 are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) works unchanged.
@@ -56,6 +61,11 @@ class Settings:
     threads: int | None = None
     poll_seconds: float = 2.0
     worker: bool = True
+    learn_method: str = "llaca"
+    learn_steps: int = 80
+    guard_margin: float = 5.0
+    idle_ready: float = 900.0
+    worker_threads: int | None = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -68,6 +78,16 @@ class Settings:
             raise SettingsError(f"threads must be at least 1, got {self.threads}")
         if not self.poll_seconds > 0:
             raise SettingsError(f"poll-seconds must be positive, got {self.poll_seconds}")
+        from .tuner import METHODS
+
+        if self.learn_method not in METHODS:
+            raise SettingsError(f"learn-method must be one of {', '.join(METHODS)}, got {self.learn_method!r}")
+        if self.learn_steps < 1:
+            raise SettingsError(f"learn-steps must be at least 1, got {self.learn_steps}")
+        if self.guard_margin < 0 or self.idle_ready < 0:
+            raise SettingsError("guard-margin and idle-ready must not be negative")
+        if self.worker_threads is not None and self.worker_threads < 1:
+            raise SettingsError(f"worker-threads must be at least 1, got {self.worker_threads}")
 
     @property
     def admin_enabled(self) -> bool:
@@ -127,6 +147,11 @@ class Settings:
             threads=as_int(pick(args.threads, "LLACA_THREADS"), "threads"),
             poll_seconds=as_float(pick(args.poll_seconds, "LLACA_POLL_SECONDS", default=2.0), "poll seconds"),
             worker=worker,
+            learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default="llaca")),
+            learn_steps=as_int(pick(args.learn_steps, "LLACA_LEARN_STEPS", default=80), "learn steps"),
+            guard_margin=as_float(pick(args.guard_margin, "LLACA_GUARD_MARGIN", default=5.0), "guard margin"),
+            idle_ready=as_float(pick(args.idle_ready, "LLACA_IDLE_READY", default=900.0), "idle ready"),
+            worker_threads=as_int(pick(args.worker_threads, "LLACA_WORKER_THREADS", default=1), "worker threads"),
         )
 
 
@@ -149,4 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)")
     ap.add_argument("--poll-seconds", type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)")
     ap.add_argument("--no-worker", action="store_true", help="do not start the background learning worker (LLACA_WORKER=0)")
+    ap.add_argument("--learn-method", help="tuning method of the worker (default llaca; LLACA_LEARN_METHOD)")
+    ap.add_argument("--learn-steps", type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)")
+    ap.add_argument("--guard-margin", type=float, help="points an earlier task may lose (default 5; LLACA_GUARD_MARGIN)")
+    ap.add_argument("--idle-ready", type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never)")
+    ap.add_argument("--worker-threads", type=int, help="torch threads of the in-app worker on CPU (default 1; LLACA_WORKER_THREADS)")
     return ap
