@@ -95,7 +95,7 @@ def start_worker(data_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "llaca.worker", "--data-dir", str(data_dir), "--model", str(TINY), "--device", "cpu",
-         "--lease", "4", "--poll", "0.3", "--steps", "30", "--threads", "1", "--probe-n", "12", *extra],
+         "--lease", "4", "--poll", "0.3", "--steps", "30", "--lr", "1e-3", "--threads", "1", "--probe-n", "12", *extra],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
