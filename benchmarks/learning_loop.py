@@ -151,11 +151,11 @@ def main(argv=None) -> int:
                                       "seconds_to_decision": round(t_done, 1),
                                       "seconds_to_correct_answer": round(learned_at, 1) if learned_at else None})
             print(f"{family}: {buf['status']} as {buf['adapter_version']} after {t_done:.0f}s; accuracy {row}", flush=True)
-    finals = report["rows"][-1]
-    forgetting = {}
-    for f in all_families:
-        seen = [r[f] for r in report["rows"][:-1] if (f in ("color", "shape") or report["rows"].index(r) > all_families.index(f) - 2)]
-        forgetting[f] = round(max(seen) - finals[f], 1) if seen else 0.0
+    rows, finals = report["rows"], report["rows"][-1]
+    # forgetting: best accuracy since the family was known (base families: from the start;
+    # taught families: from the row after their buffer) minus the final accuracy
+    first_row = {f: 0 for f in ("color", "shape")} | {f: k + 1 for k, f in enumerate(families)}
+    forgetting = {f: round(max(r[f] for r in rows[first_row[f]:]) - finals[f], 1) for f in all_families}
     report["forgetting"] = forgetting
     report["ttft_idle_median_s"] = round(statistics.median(idle), 4)
     report["ttft_training_median_s"] = round(statistics.median(busy), 4) if busy else None

@@ -158,10 +158,8 @@ class LearningWorker:
         return out
 
     def _split(self, buffer) -> tuple[list, list]:
+        # The split is seeded by the buffer id, so an attempt after a crash recomputes the same one.
         items = [it for it in self.store.buffer_items(buffer.id) if it.image_sha256]
-        if items and all(it.split in ("train", "heldout") for it in items) and any(it.split == "train" for it in items):
-            train = [it for it in items if it.split == "train"]  # kept from an earlier attempt
-            return train, [it for it in items if it.split == "heldout"]
         n_held = 0 if len(items) < 3 else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
         held_ids = set(random.Random(f"split:{buffer.id}").sample([it.id for it in items], min(n_held, len(items) - 1)))
         self.store.set_splits(buffer.id, {it.id: ("heldout" if it.id in held_ids else "train") for it in items})

@@ -72,6 +72,9 @@ def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
     cur = store.current_adapter()
     assert cur is not None and cur.version == buf.adapter_version and is_complete(Path(cur.path))
     assert cur.metrics["guard"]["passed"] and cur.metrics["row_labels"] == ["base", cur.version]
+    held = [it for it in store.buffer_items(buffer_id) if it.split == "heldout"]
+    assert len(held) == 10 and cur.metrics["guard"]["sizes"][f"buffer {buffer_id}"] == 10  # 20% held out
+    assert {it.id for it in store.heldout_items("trained")} == {it.id for it in held}  # guards later buffers
     assert served_accuracy(tiny, store, "position") >= 80
     for f in ("color", "shape"):
         assert served_accuracy(tiny, store, f) >= base[f] - 5, f
