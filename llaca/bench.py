@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .dataset import VQASample, read_folder
-from .evaluate import evaluate
+from .evaluate import adapter_applied, evaluate
 from .metrics import forgetting_per_task, summarize
 from .model import DEFAULT_MODEL, load_model
 from .tuner import METHODS, TuneConfig, tune
@@ -67,15 +67,8 @@ def folder_tasks(data: list[Path], eval_data: list[Path] | None, eval_n: int, se
 
 
 def _eval_with_adapter(lm, adapter: Path | None, sets: list[list[VQASample]]) -> list[float]:
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(lm.model, adapter) if adapter else lm.model
-    model.eval()
-    try:
+    with adapter_applied(lm.model, adapter) as model:
         return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
-    finally:
-        if adapter:
-            model.unload()
 
 
 def run_method(lm, method: str, tasks: list[Task], base_sets: dict[str, list[VQASample]], args, work: Path) -> dict:

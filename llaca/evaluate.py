@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import string
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -87,3 +89,20 @@ def evaluate(
     correct = [scorer(p, s.answer) for p, s in zip(preds, samples)]
     acc = 100.0 * sum(correct) / max(1, len(correct))
     return EvalResult(acc, len(correct), preds, correct)
+
+
+@contextmanager
+def adapter_applied(model, adapter: Path | str | None) -> Iterator:
+    """`model` with the LoRA adapter at `adapter` applied (or as it is, for None), for evaluation;
+    the adapter layers are removed again on exit, leaving `model` unchanged."""
+    if adapter is None:
+        yield model
+        return
+    from peft import PeftModel
+
+    wrapped = PeftModel.from_pretrained(model, adapter)
+    wrapped.eval()
+    try:
+        yield wrapped
+    finally:
+        wrapped.unload()

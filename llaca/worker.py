@@ -29,6 +29,7 @@ import torch
 
 from .adapter_files import publish, staging_dir, sweep_staging
 from .dataset import VQASample, read_folder
+from .evaluate import adapter_applied
 from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .tuner import TuneConfig, library_versions, tune
@@ -179,16 +180,8 @@ class LearningWorker:
         return sets, replay
 
     def _eval_adapter(self, adapter: Path | None, sets: list[EvalSet]) -> dict[str, float]:
-        from peft import PeftModel
-
-        base = self.lm.model
-        model = PeftModel.from_pretrained(base, adapter) if adapter else base
-        model.eval()
-        try:
+        with adapter_applied(self.lm.model, adapter) as model:
             return accuracies(model, self.lm.processor, sets)
-        finally:
-            if adapter:
-                model.unload()
 
     def process(self, buffer) -> str:
         cfg, store = self.cfg, self.store

@@ -13,7 +13,7 @@ import pytest
 
 from feedback_store import FeedbackStore
 from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
-from llaca.evaluate import evaluate
+from llaca.evaluate import adapter_applied, evaluate
 from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
 from llaca.worker import LearningWorker, WorkerConfig
 from llaca.world.build import heldout
@@ -48,15 +48,9 @@ def test_publish_is_atomic_and_leftovers_are_swept(tmp_path):
 
 
 def served_accuracy(lm, store, family, n=100, seed=31337, size=64):
-    from peft import PeftModel
-
     cur = store.current_adapter()
-    model = PeftModel.from_pretrained(lm.model, cur.path) if cur else lm.model
-    try:
+    with adapter_applied(lm.model, cur.path if cur else None) as model:
         return evaluate(model, lm.processor, heldout(family, n, seed=seed, size=size)).accuracy
-    finally:
-        if cur:
-            model.unload()
 
 
 @pytest.mark.slow

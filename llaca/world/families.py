@@ -14,7 +14,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .canvas import Scene, SceneObject, letter_font, light_background, min_size, place_in_region, render, shape_object
+from .canvas import Scene, SceneObject, light_background, min_size, place_in_region, render, shape_object
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
 
 BASE_FAMILIES: tuple[str, ...] = ("color", "shape")
@@ -257,7 +257,3 @@ def generate(family: str, n: int, seed: int = 0, size: int | tuple[int, int] = 6
     """`n` deterministic items of one family."""
     return [make_item(family, sample_rng(seed, i, family), size) for i in range(n)]
 
-
-def letter_glyph_ok() -> bool:
-    """Pillow must have FreeType for the bundled font's letters (checked by the tests)."""
-    return letter_font(20).getbbox("A")[2] > 0
