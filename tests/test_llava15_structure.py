@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from llaca.model import GenerationParams, load_model, stream_answer
+from tests.stop_probe import decoding_steps
 
 # llava-hf/llava-1.5-7b-hf's chat template (images first, then text; "ASSISTANT:" prompt).
 LLAVA_HF_TEMPLATE = (
@@ -105,9 +106,10 @@ def test_streams_and_stops_like_the_real_model(llava15_dir):
                                 GenerationParams(temperature=0.0, max_new_tokens=8)))
     assert chunks and isinstance(chunks[-1], str)
     stop = threading.Event()
-    n = 0
-    for _ in stream_answer(lm, [("What is shown in this image?", None)], image,
-                           GenerationParams(temperature=0.0, max_new_tokens=200), stop=stop):
-        n += 1
-        stop.set()
-    assert n <= 3  # stopped right after the first token, not after 200
+    with decoding_steps(lm.model, stop) as steps:
+        for _ in stream_answer(lm, [("What is shown in this image?", None)], image,
+                               GenerationParams(temperature=0.0, max_new_tokens=200), stop=stop):
+            stop.set()
+    assert stop.is_set(), "the model produced no text to stop on"
+    assert steps["after_stop"] <= 1, steps
+    assert steps["total"] < 200, steps  # it did not run to max_new_tokens

@@ -17,6 +17,7 @@ from llaca.evaluate import evaluate
 from llaca.model import GenerationParams, answer, stream_answer
 from llaca.world.build import BuildConfig, build, heldout
 from tests.conftest import ROOT, TINY
+from tests.stop_probe import decoding_steps
 
 PLAIN_TRANSFORMERS = textwrap.dedent(
     """
@@ -84,11 +85,14 @@ def test_streaming_yields_growing_text_and_stop_really_stops(tiny):
     chunks = list(stream_answer(tiny, [(s.question, None)], s.image, GenerationParams(temperature=0.0, max_new_tokens=64)))
     assert len(chunks) > 2 and all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 1))
     stop = threading.Event()
-    got = []
-    for text in stream_answer(tiny, [(s.question, None)], s.image, GenerationParams(temperature=0.0, max_new_tokens=400), stop):
-        got.append(text)
-        stop.set()
-    assert len(got) <= 3 and len(got[-1]) < len(chunks[-1])  # stopped within a token or two (plus a leading space)
+    with decoding_steps(tiny.model, stop) as steps:
+        got = []
+        for text in stream_answer(tiny, [(s.question, None)], s.image,
+                                  GenerationParams(temperature=0.0, max_new_tokens=400), stop):
+            got.append(text)
+            stop.set()
+    assert got and len(got[-1]) < len(chunks[-1])  # cut short
+    assert steps["after_stop"] <= 1, steps  # at most the step under way when Stop was set
 
 
 @pytest.mark.slow
