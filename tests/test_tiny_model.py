@@ -16,7 +16,9 @@ from llaca.encoding import answer_loss, encode_supervised
 from llaca.evaluate import evaluate
 from llaca.model import GenerationParams, answer, stream_answer
 from llaca.world.build import BuildConfig, build, heldout
+from llaca.world.vision_pretrain import VisionPretrainConfig
 from tests.conftest import ROOT, TINY
+from tests.other_drawing import other_code_samples
 from tests.stop_probe import decoding_steps
 
 PLAIN_TRANSFORMERS = textwrap.dedent(
@@ -57,12 +59,12 @@ def test_loads_and_answers_with_plain_transformers_only():
     shape = [ok == "True" for _, kind, ok, *_ in results if kind == "shape"]
     assert len(colour) == len(shape) == 4
     assert all(colour), r.stdout
-    assert sum(shape) >= 3, r.stdout  # shape is the model's weak skill (see FLOOR below)
+    assert all(shape), r.stdout
 
 
-# The target is 97% on both; the committed model reaches it on colour but not yet on
-# shape (76-82% measured). These floors guard against regressions at today's level.
-FLOOR = {"color": 97.0, "shape": 70.0}
+# The target is 97% on 500 fresh samples; the committed model measured colour 100% and shape
+# 98.4-98.6% there (64 px, 128 px, 48-160 px). These 100-sample checks leave room for sampling noise.
+FLOOR = {"color": 97.0, "shape": 95.0}
 
 
 @pytest.mark.parametrize("family", ["color", "shape"])
@@ -70,6 +72,13 @@ FLOOR = {"color": 97.0, "shape": 70.0}
 def test_base_families_are_known(tiny, family, size):
     res = evaluate(tiny.model, tiny.processor, heldout(family, 100, seed=4242, size=size))
     assert res.accuracy >= FLOOR[family], (family, size, res.accuracy)
+
+
+@pytest.mark.parametrize("family", ["color", "shape"])
+@pytest.mark.parametrize("side", [64, 128, 200])
+def test_base_families_on_images_drawn_by_other_code(tiny, family, side):
+    res = evaluate(tiny.model, tiny.processor, other_code_samples(family, 100, side, seed=1))
+    assert res.accuracy >= FLOOR[family] - 2, (family, side, res.accuracy)
 
 
 def test_multi_turn_keeps_the_image(tiny):
@@ -96,7 +105,7 @@ def test_streaming_yields_growing_text_and_stop_really_stops(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,chance,steps,lr", [("count", 20.0, 200, 1e-3), ("position", 25.0, 80, 5e-4)])
+@pytest.mark.parametrize("family,chance,steps,lr", [("count", 20.0, 300, 1e-3), ("position", 25.0, 80, 5e-4)])
 def test_continual_families_are_learnable_by_a_short_fine_tune(tiny, family, chance, steps, lr):
     torch.manual_seed(0)
     model = copy.deepcopy(tiny.model)
@@ -118,8 +127,11 @@ def test_continual_families_are_learnable_by_a_short_fine_tune(tiny, family, cha
 
 @pytest.mark.slow
 def test_a_shortened_build_learns(tmp_path):
-    cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=None)
+    cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=None,
+                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40))
     record = build(cfg, tmp_path / "tiny", progress=False)
+    vision = record["vision_pretraining"]
+    assert vision["loss_last_50"] < 0.8 * vision["loss_first_50"]
     assert record["loss_last_50"] < 0.5 * record["loss_first_50"]
     assert record["heldout_accuracy"]["color@64"] > 35.0  # chance is 16.7
     assert (tmp_path / "tiny" / "model.safetensors").exists() and (tmp_path / "tiny" / "chat_template.jinja").exists()

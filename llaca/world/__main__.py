@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", type=Path, required=True)
     b = sub.add_parser("build", help="train the tiny LLaVA from scratch")
     b.add_argument("--out", type=Path, default=Path("models/llava-tiny"))
-    b.add_argument("--steps", type=int, default=3500)
+    b.add_argument("--steps", type=int, default=None, help="LLaVA-stage steps (default: BuildConfig's)")
+    b.add_argument("--vision-steps", type=int, default=None, help="vision pre-training steps (0: skip the stage)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None)
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "build":
         from .build import BuildConfig, build
 
-        record = build(BuildConfig(steps=args.steps, seed=args.seed, threads=args.threads), args.out)
+        cfg = BuildConfig(seed=args.seed, threads=args.threads)
+        if args.steps is not None:
+            cfg.steps = args.steps
+        if args.vision_steps is not None:
+            cfg.vision.steps = args.vision_steps
+        record = build(cfg, args.out)
         print(json.dumps(record, indent=1))
     else:
         from ..evaluate import evaluate

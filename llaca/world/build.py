@@ -1,10 +1,13 @@
 """Training the embedded tiny LLaVA from scratch on the world's base families.
 
-Like LLaVA's own recipe, the model learns to see from captions (`describe`: every object's
-colour, shape or letter and its quadrant) and answers the base questions (`color`,
-`shape`). Each training image carries all its questions as one multi-turn conversation,
-which gives several answers' worth of supervision per vision forward. Everything is seeded
-and the schedule is step-based, so a build is reproducible.
+Two stages. First the CLIP vision tower is pre-trained to name shapes and colours
+(`vision_pretrain`, standing in for the pre-trained CLIP that LLaVA starts from). Then, like
+LLaVA's own recipe, the whole model learns from captions (`describe`: every object's colour,
+shape or letter and its quadrant) and answers the base questions (`color`, `shape`), with
+the vision tower at a reduced learning rate so the language side cannot wash out what it
+sees. Each training image carries all its questions as one multi-turn conversation, which
+gives several answers' worth of supervision per vision forward. Everything is seeded and
+the schedule is step-based, so a build is reproducible.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..evaluate import evaluate
 from .families import make_item, sample_rng
 from .processor import build_processor
 from .tiny import TinyArch, build_model
+from .vision_pretrain import VisionPretrainConfig, cosine_lr, pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class BuildConfig:
     arch: TinyArch = field(default_factory=TinyArch)
-    steps: int = 3000
+    vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
+    steps: int = 2000
     batch_images: int = 48
     lr: float = 1e-3
+    vision_lr_scale: float = 0.1
     warmup: int = 60
     min_lr_frac: float = 0.02
     seed: int = 0
@@ -63,13 +69,6 @@ def base_conversation(rng: random.Random, canvas: tuple[int, int]) -> VQASample:
     return VQASample("train", item.image, turns, "base")
 
 
-def lr_at(step: int, cfg: BuildConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def heldout(family: str, n: int, seed: int = 10_000, size: int | tuple[int, int] = 64) -> list[VQASample]:
     items = [make_item(family, sample_rng(seed, i, family), size) for i in range(n)]
     return [VQASample(f"{family}-{i}", it.image, it.turns, family) for i, it in enumerate(items)]
@@ -83,7 +82,17 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
     cfg.arch.vocab_size = max(cfg.arch.vocab_size, 64 * math.ceil(len(processor.tokenizer) / 64))
     model = build_model(cfg.arch, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    vision_record = None
+    if cfg.vision.steps > 0:
+        vision_record = pretrain_vision(model, processor.image_processor, cfg.vision, cfg.seed, cfg.canvas, progress)
+        log.info("vision tower pre-trained: %s", vision_record)
+    vision_params = list(model.model.vision_tower.parameters())
+    vision_ids = {id(p) for p in vision_params}
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in model.parameters() if id(p) not in vision_ids], "lr_scale": 1.0},
+         {"params": vision_params, "lr_scale": cfg.vision_lr_scale if cfg.vision.steps > 0 else 1.0}],
+        lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98),
+    )
     rng = random.Random(f"build:{cfg.seed}")
     model.train()
     losses: list[float] = []
@@ -91,8 +100,9 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
     bar = tqdm(range(cfg.steps), desc="build tiny llava", disable=not progress, mininterval=5)
     for step in bar:
         batch = encode_supervised(processor, [base_conversation(rng, cfg.canvas) for _ in range(cfg.batch_images)])
+        lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr * g["lr_scale"]
         loss = answer_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,7 +120,9 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
     record = {
         "config": {**asdict(cfg), "arch": cfg.arch.to_dict()},
         "parameters": n_params,
+        "vision_pretraining": vision_record,
         "train_seconds": round(train_seconds, 1),
+        "build_seconds": round(train_seconds + (vision_record or {}).get("train_seconds", 0.0), 1),
         "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
         "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
         "heldout_accuracy": accuracy,

@@ -16,8 +16,8 @@ from .processor import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
 
 @dataclass
 class TinyArch:
-    image_size: int = 96
-    patch_size: int = 16
+    image_size: int = 64
+    patch_size: int = 8
     vision_hidden: int = 96
     vision_layers: int = 3
     vision_heads: int = 4
