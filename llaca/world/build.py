@@ -16,12 +16,10 @@ import json
 import logging
 import math
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..dataset import VQASample
 from ..encoding import answer_loss, encode_supervised
@@ -29,7 +27,8 @@ from ..evaluate import evaluate
 from .families import make_item, sample_rng
 from .processor import build_processor
 from .tiny import TinyArch, build_model
-from .vision_pretrain import VisionPretrainConfig, cosine_lr, pretrain_vision
+from .train_loop import train
+from .vision_pretrain import VisionPretrainConfig, pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +93,13 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
         lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98),
     )
     rng = random.Random(f"build:{cfg.seed}")
+
+    def step_loss() -> torch.Tensor:
+        conversations = [base_conversation(rng, cfg.canvas) for _ in range(cfg.batch_images)]
+        return answer_loss(model, encode_supervised(processor, conversations))
+
     model.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="build tiny llava", disable=not progress, mininterval=5)
-    for step in bar:
-        batch = encode_supervised(processor, [base_conversation(rng, cfg.canvas) for _ in range(cfg.batch_images)])
-        lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
-        loss = answer_loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-    train_seconds = time.perf_counter() - t0
+    run = train(opt, step_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "build tiny llava", progress)
     model.eval()
     accuracy = {
         f"{fam}@{size}": evaluate(model, processor, heldout(fam, cfg.eval_n, size=size)).accuracy
@@ -121,10 +109,8 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
         "config": {**asdict(cfg), "arch": cfg.arch.to_dict()},
         "parameters": n_params,
         "vision_pretraining": vision_record,
-        "train_seconds": round(train_seconds, 1),
-        "build_seconds": round(train_seconds + (vision_record or {}).get("train_seconds", 0.0), 1),
-        "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
-        "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        **run,
+        "build_seconds": round(run["train_seconds"] + (vision_record or {}).get("train_seconds", 0.0), 1),
         "heldout_accuracy": accuracy,
         "torch_threads": torch.get_num_threads(),
     }

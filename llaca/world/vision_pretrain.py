@@ -13,18 +13,16 @@ thrown away afterwards; the tower goes on into the LLaVA stage, which adds capti
 
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .families import make_item, sample_rng
 from .palette import COLOR_NAMES, SHAPES
+from .train_loop import train
 
 
 @dataclass
@@ -74,14 +72,6 @@ def probe_accuracy(vision_tower, probe: ShapeColorProbe, image_processor, featur
     return round(100.0 * (shape_logits.argmax(-1) == shapes).float().mean().item(), 1)
 
 
-def cosine_lr(step: int, steps: int, lr: float, warmup: int, min_lr_frac: float) -> float:
-    """Linear warm-up, then cosine decay to `min_lr_frac` of `lr`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int,
                     canvas: tuple[int, int], progress: bool = True) -> dict:
     """Train `model`'s vision tower (a LlavaForConditionalGeneration) in place; return a record."""
@@ -89,34 +79,20 @@ def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int
     layer = model.config.vision_feature_layer
     torch.manual_seed(seed)
     probe = ShapeColorProbe(tower.config.hidden_size)
-    params = [*tower.parameters(), *probe.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([*tower.parameters(), *probe.parameters()], lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
     rng = random.Random(f"vision:{seed}")
-    tower.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pre-train vision tower", disable=not progress, mininterval=5)
-    for step in bar:
+
+    def step_loss() -> torch.Tensor:
         items = [make_item("shape", rng, canvas) for _ in range(cfg.batch_images)]
         pixels, shapes, colors = encode_items(image_processor, items)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         shape_logits, color_logits = probe(patch_features(tower, pixels, layer))
-        loss = F.cross_entropy(shape_logits, shapes) + F.cross_entropy(color_logits, colors)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-    seconds = time.perf_counter() - t0
+        return F.cross_entropy(shape_logits, shapes) + F.cross_entropy(color_logits, colors)
+
+    tower.train()
+    run = train(opt, step_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "pre-train vision tower", progress)
     tower.eval()
     return {
-        "steps": cfg.steps, "batch_images": cfg.batch_images, "lr": cfg.lr,
-        "train_seconds": round(seconds, 1),
-        "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
-        "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "steps": cfg.steps, "batch_images": cfg.batch_images, "lr": cfg.lr, **run,
         "probe_shape_accuracy": {
             f"shape@{size}": probe_accuracy(tower, probe, image_processor, layer, cfg.eval_n, size)
             for size in (64, 128)
