@@ -1,7 +1,9 @@
 """Answer a set of VQA samples with the model and score them.
 
 Scoring is exact match after lower-casing and stripping punctuation and surrounding
-whitespace; a reference that is a bounding box `[x1, y1, x2, y2]` is scored by IoU > 0.5.
+whitespace; a reference that is a bounding box (`[x1, y1, x2, y2]`, or the base family's
+`left x1, top y1, right x2, bottom y2`) is scored by IoU > 0.5. Captions can also be scored
+object by object (`caption_object_score`): the share of objects named right, with their place.
 Generation is greedy and batched (left padding), through the same processor and chat
 template as serving.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 import string
 from contextlib import contextmanager
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,6 +26,8 @@ from .encoding import messages_for
 _PUNCT = str.maketrans("", "", string.punctuation)
 _BOX = re.compile(r"^\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*$")
 _NUM = r"-?\d+(?:\.\d+)?"
+_EDGES = re.compile(rf"^\s*left ({_NUM}), top ({_NUM}), right ({_NUM}), bottom ({_NUM})\s*$")
+_CAPTION_OBJECT = re.compile(r"(?:an? (\w+) (\w+)|the letter (\w)) at the (top|bottom) (left|right)")
 
 
 def normalize(text: str) -> str:
@@ -46,9 +51,29 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def is_box(reference: str) -> bool:
+    return bool(_BOX.match(reference) or _EDGES.match(reference))
+
+
+def caption_objects(text: str) -> Counter:
+    """The objects a caption names, with their quadrant: {('red circle', 'top left'): 1, ('letter K', ...): 1}."""
+    found = Counter()
+    for color, shape, letter, v, h in _CAPTION_OBJECT.findall(text.lower()):
+        found[(f"letter {letter}" if letter else f"{color} {shape}", f"{v} {h}")] += 1
+    return found
+
+
+def caption_object_score(prediction: str, reference: str) -> float:
+    """Objects named right (name and quadrant) over the larger of the two object counts, so that
+    both a missing and an invented object cost; 1.0 for a perfect caption."""
+    pred, ref = caption_objects(prediction), caption_objects(reference)
+    n = max(sum(pred.values()), sum(ref.values()))
+    return sum((pred & ref).values()) / n if n else 1.0
+
+
 def is_correct(prediction: str, reference: str) -> bool:
     """Exact match after normalisation; boxes by IoU > 0.5."""
-    if _BOX.match(reference):
+    if is_box(reference):
         pred_box = parse_box(prediction)
         return pred_box is not None and iou(pred_box, parse_box(reference)) > 0.5  # type: ignore[arg-type]
     return normalize(prediction) == normalize(reference)
@@ -64,7 +89,7 @@ class EvalResult:
 
 @torch.no_grad()
 def generate_answers(
-    model, processor, samples: Sequence[VQASample], batch_size: int = 32, max_new_tokens: int = 32
+    model, processor, samples: Sequence[VQASample], batch_size: int = 32, max_new_tokens: int = 72
 ) -> list[str]:
     """Greedy answers to each sample's first question (single-turn), batched with left padding."""
     device = next(model.parameters()).device

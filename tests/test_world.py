@@ -140,3 +140,64 @@ def test_scoring():
     assert not is_correct("[0.50, 0.50, 0.90, 0.90]", "[0.10, 0.10, 0.50, 0.50]")
     assert not is_correct("no box here", "[0.10, 0.10, 0.50, 0.50]")
     assert iou((0, 0, 1, 1), (0.5, 0, 1.5, 1)) == pytest.approx(1 / 3)
+
+
+# --- the base families that carry the continual concepts (testbed v2) --------------------------
+
+def test_base_families_answer_what_is_drawn():
+    from llaca.world.families import object_name
+
+    for it in generate("objects", 120, seed=11):
+        n = len(it.scene.objects)
+        assert it.turns[0] == (QUESTIONS["objects"], "There is 1 object." if n == 1 else f"There are {n} objects.")
+    assert {len(it.scene.objects) for it in generate("objects", 200, seed=11)} == {1, 2, 3, 4, 5}
+    found = collections.Counter()
+    for it in generate("presence", 200, seed=12):
+        q, a = it.turns[0]
+        target = re.fullmatch(r"Is there a (.+) in the picture\?", q).group(1)
+        hits = [o for o in it.scene.objects if object_name(o) == target or (o.kind == "shape" and o.name == target)]
+        if hits:
+            (o,) = hits
+            assert a == f"Yes, there is a {object_name(o)} at the {o.quadrant(it.scene.width, it.scene.height)}."
+        else:
+            assert a == f"No, there is no {target}."
+        found[bool(hits)] += 1
+    assert found[True] > 60 and found[False] > 60
+    for it in generate("edges", 60, seed=13, size=128):
+        q, a = it.turns[0]
+        name = re.fullmatch(r"Where are the edges of the (.+)\?", q).group(1)
+        (o,) = [o for o in it.scene.objects if object_name(o) == name]
+        assert re.fullmatch(r"left \d\.\d\d, top \d\.\d\d, right \d\.\d\d, bottom \d\.\d\d", a)
+        box = tuple(v / 128 for v in o.bbox())
+        assert iou(parse_box(a), box) > 0.85  # two decimals: up to 0.6 px off per edge at 128 px
+
+
+def test_base_training_never_uses_a_continual_instruction_format():
+    """The continual tasks must teach a new format: no base conversation asks in their words."""
+    import random
+
+    from llaca.world.build import base_conversation
+
+    continual_questions = {t[0] for fam in CONTINUAL_SEQUENCE for it in generate(fam, 40, seed=14) for t in it.turns}
+    templates = [re.sub(r"\b(" + "|".join(COLOR_NAMES + SHAPES) + r")\b", "", q) for q in continual_questions]
+    rng = random.Random(0)
+    questions = collections.Counter()
+    for _ in range(300):
+        for q, a in base_conversation(rng, (48, 160)).turns:
+            questions[re.sub(r"\b(" + "|".join(COLOR_NAMES + SHAPES) + r"|letter [A-Z])\b", "", q)] += 1
+            assert q not in continual_questions
+            assert not re.fullmatch(r"\[.*\]|yes|no|unanswerable|[A-C1-5]", a)
+    assert not set(questions) & set(templates)
+    assert {"Describe the image.", QUESTIONS["objects"], QUESTIONS["color"]} <= set(questions)
+
+
+def test_caption_object_score_and_edges_scoring():
+    from llaca.evaluate import caption_object_score
+
+    ref = "a red circle at the top left, the letter K at the top right and an orange star at the bottom left"
+    assert caption_object_score(ref, ref) == 1.0
+    assert caption_object_score("a red circle at the top left and the letter K at the top right", ref) == pytest.approx(2 / 3)
+    assert caption_object_score(ref + " and a blue square at the bottom right", ref) == pytest.approx(3 / 4)
+    assert caption_object_score("a red circle at the bottom left", "a red circle at the top left") == 0.0
+    assert is_correct("left 0.10, top 0.10, right 0.50, bottom 0.52", "left 0.12, top 0.10, right 0.50, bottom 0.50")
+    assert not is_correct("left 0.60, top 0.60, right 0.90, bottom 0.90", "left 0.12, top 0.10, right 0.50, bottom 0.50")

@@ -31,6 +31,7 @@ class SceneObject:
     size: float  # diameter of the circumscribed circle (shapes) or the glyph height (letters)
     rotation: float = 0.0  # degrees, shapes only
     star_inner: float = 0.45  # inner/outer radius ratio, stars only
+    stroke: float = 0.0  # extra ink around a letter's strokes, as a fraction of its height (bold)
 
     def polygon(self) -> list[tuple[float, float]] | None:
         """Vertices for polygonal shapes, None for circles and letters."""
@@ -58,7 +59,7 @@ class SceneObject:
         """Pixel bounding box (x1, y1, x2, y2) of what is drawn."""
         if self.kind == "letter":
             font = letter_font(int(round(self.size)))
-            left, top, right, bottom = font.getbbox(self.name)
+            left, top, right, bottom = font.getbbox(self.name, stroke_width=self.stroke_px(1))
             x0, y0 = self._letter_origin(font)
             return (x0 + left, y0 + top, x0 + right, y0 + bottom)
         poly = self.polygon()
@@ -68,8 +69,12 @@ class SceneObject:
         xs, ys = zip(*poly)
         return (min(xs), min(ys), max(xs), max(ys))
 
+    def stroke_px(self, scale: int) -> int:
+        """The letter's stroke width in pixels when drawn at `scale`x."""
+        return int(round(self.stroke * self.size * scale))
+
     def _letter_origin(self, font: ImageFont.FreeTypeFont) -> tuple[float, float]:
-        left, top, right, bottom = font.getbbox(self.name)
+        left, top, right, bottom = font.getbbox(self.name, stroke_width=self.stroke_px(1))
         return (self.cx - (left + right) / 2, self.cy - (top + bottom) / 2)
 
     def quadrant(self, width: int, height: int) -> str:
@@ -109,10 +114,11 @@ def render(scene: Scene) -> Image.Image:
     for obj in scene.objects:
         if obj.kind == "letter":
             font = letter_font(int(round(obj.size * k)))
-            left, top, right, bottom = font.getbbox(obj.name)
+            stroke = obj.stroke_px(k)
+            left, top, right, bottom = font.getbbox(obj.name, stroke_width=stroke)
             x0 = obj.cx * k - (left + right) / 2
             y0 = obj.cy * k - (top + bottom) / 2
-            draw.text((x0, y0), obj.name, fill=LETTER_INK, font=font)
+            draw.text((x0, y0), obj.name, fill=LETTER_INK, font=font, stroke_width=stroke, stroke_fill=LETTER_INK)
             continue
         fill = COLORS[obj.color]
         poly = obj.polygon()
@@ -124,6 +130,29 @@ def render(scene: Scene) -> Image.Image:
     if k > 1:
         img = img.resize((scene.width, scene.height), Image.Resampling.LANCZOS)
     return img
+
+
+def render_ids(scene: Scene, side: int) -> Image.Image:
+    """An 'L' image of `side` px: pixel value k+1 where object k is drawn, 0 on the background
+    (the same geometry as `render`, no anti-aliasing, resized with nearest neighbour)."""
+    img = Image.new("L", (scene.width, scene.height), 0)
+    draw = ImageDraw.Draw(img)
+    draw.fontmode = "1"  # no anti-aliasing: every inked pixel carries its object's id exactly
+    for k, obj in enumerate(scene.objects, start=1):
+        if obj.kind == "letter":
+            font = letter_font(int(round(obj.size)))
+            stroke = obj.stroke_px(1)
+            left, top, right, bottom = font.getbbox(obj.name, stroke_width=stroke)
+            draw.text((obj.cx - (left + right) / 2, obj.cy - (top + bottom) / 2), obj.name, fill=k, font=font,
+                      stroke_width=stroke, stroke_fill=k)
+            continue
+        poly = obj.polygon()
+        if poly is None:
+            r = obj.size / 2
+            draw.ellipse([obj.cx - r, obj.cy - r, obj.cx + r, obj.cy + r], fill=k)
+        else:
+            draw.polygon(poly, fill=k)
+    return img.resize((side, side), Image.Resampling.NEAREST)
 
 
 def light_background(rng: random.Random) -> tuple[int, int, int]:

@@ -1,13 +1,18 @@
 """Task families of the synthetic world: each turns a seeded RNG into (image, question, answer).
 
 Families have distinct instruction formats, like the datasets of the CoIN benchmark. The
-base model knows `color`, `shape` and `describe`; the others are the continual tasks.
+base model is taught the base families (`BASE_TRAINING`): `color`, `shape`, `describe`,
+`objects` (how many), `presence` (whether a named object is there, and where) and `edges`
+(an object's extent). Between them they carry every concept the continual tasks ask about
+(number, letters, quadrants, boxes, presence) in other words than the continual formats, the
+way LLaVA-1.5 knows what CoIN's tasks ask before it learns their instruction formats.
 Everything is deterministic given the seed: sample `i` of `generate(family, n, seed)` is
 the same whatever `n` is.
 """
 
 from __future__ import annotations
 
+import collections
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +22,8 @@ from PIL import Image
 from .canvas import Scene, SceneObject, light_background, min_size, place_in_region, render, shape_object
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
 
-BASE_FAMILIES: tuple[str, ...] = ("color", "shape")
+BASE_FAMILIES: tuple[str, ...] = ("color", "shape")  # the base probes: what must never be forgotten
+BASE_TRAINING: tuple[str, ...] = ("color", "shape", "describe", "objects", "presence", "edges")
 CONTINUAL_SEQUENCE: tuple[str, ...] = ("count", "position", "letter", "choice", "box", "exists", "unanswerable")
 
 POSITION_Q = "Where is the shape? Answer with top left, top right, bottom left or bottom right."
@@ -29,6 +35,7 @@ QUESTIONS = {
     "letter": "What letter is written in the image?",
     "box": "Give the bounding box of the shape as [x1, y1, x2, y2] with coordinates between 0 and 1.",
     "describe": "Describe the image.",
+    "objects": "How many objects are in the image?",
 }
 
 
@@ -80,27 +87,36 @@ def _shape_in_quadrant(rng: random.Random, size: int, q: str, name: str, color: 
 
 
 def _letter_in_region(rng, size: int, region, letter: str, others: list[SceneObject], max_frac: float):
+    """A letter in `region`; a third of them bold, as other fonts and weights would draw them."""
     lo = min_size(size)
+    stroke = rng.choice([0.0, 0.0, rng.uniform(0.03, 0.07)])
     return place_in_region(
-        rng, lambda x, y, s: SceneObject("letter", letter, None, x, y, s), region,
+        rng, lambda x, y, s: SceneObject("letter", letter, None, x, y, s, stroke=stroke), region,
         (lo, max(lo, size * max_frac)), others,
     )
 
 
-def _scatter_shapes(rng: random.Random, size: int, n: int, distinct_shapes: bool = False) -> Scene:
+def _scatter_shapes(rng: random.Random, size: int, n: int, distinct_shapes: bool = False,
+                    letter_frac: float = 0.0) -> Scene:
+    """`n` objects anywhere, no two alike (shapes differ in colour or shape, letters in letter)."""
     scene = _canvas(rng, size)
     lo = min_size(size)
     names = rng.sample(SHAPES, n) if distinct_shapes else [rng.choice(SHAPES) for _ in range(n)]
-    used: set[tuple[str, str]] = set()
+    used: set[tuple[str | None, str]] = set()
     for name in names:
-        color = rng.choice([c for c in COLOR_NAMES if (c, name) not in used])
-        obj = place_in_region(
-            rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
-            (lo, max(lo, size * (0.34 if n <= 3 else 0.26))), scene.objects,
-        )
+        if rng.random() < letter_frac:
+            letter = rng.choice([x for x in LETTERS if (None, x) not in used])
+            obj = _letter_in_region(rng, size, (1, 1, size - 1, size - 1), letter, scene.objects,
+                                    0.34 if n <= 3 else 0.26)
+        else:
+            color = rng.choice([c for c in COLOR_NAMES if (c, name) not in used])
+            obj = place_in_region(
+                rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
+                (lo, max(lo, size * (0.34 if n <= 3 else 0.26))), scene.objects,
+            )
         if obj is None:
             raise SceneDoesNotFit
-        used.add((color, name))
+        used.add((obj.color, obj.name))
         scene.objects.append(obj)
     return scene
 
@@ -112,8 +128,9 @@ def fmt_box(box: tuple[float, float, float, float], width: int, height: int) -> 
 
 
 def caption(scene: Scene) -> str:
-    """'a red circle at the top left and the letter K at the bottom right' in reading order."""
-    placed = sorted(scene.objects, key=lambda o: QUADRANTS.index(o.quadrant(scene.width, scene.height)))
+    """'a red circle at the top left and the letter K at the bottom right' in reading order
+    (by quadrant, then top to bottom, then left to right)."""
+    placed = sorted(scene.objects, key=lambda o: (QUADRANTS.index(o.quadrant(scene.width, scene.height)), o.cy, o.cx))
     parts = [f"{o.phrase()} at the {o.quadrant(scene.width, scene.height)}" for o in placed]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
@@ -216,6 +233,106 @@ def _describe(rng, size):
     return scene, [(QUESTIONS["describe"], caption(scene))]
 
 
+# --- the base families' own questions: the concepts, in words other than the continual formats --
+
+def object_name(obj: SceneObject) -> str:
+    """How a question names an object: 'red star' or 'letter K'."""
+    return f"letter {obj.name}" if obj.kind == "letter" else f"{obj.color} {obj.name}"
+
+
+def count_answer(n: int) -> str:
+    return "There is 1 object." if n == 1 else f"There are {n} objects."
+
+
+def presence_question(target: str) -> str:
+    return f"Is there a {target} in the picture?"
+
+
+def presence_answer(scene: Scene, target: str) -> str:
+    """Whether the named object is there, and where, in a sentence. `target` is 'red star',
+    'star' or 'letter K'."""
+    hits = [o for o in scene.objects if object_name(o) == target or (o.kind == "shape" and o.name == target)]
+    if not hits:
+        return f"No, there is no {target}."
+    if len(hits) > 1:
+        raise ValueError(f"{target!r} names {len(hits)} objects; presence questions name one")
+    o = hits[0]
+    return f"Yes, there is a {object_name(o)} at the {o.quadrant(scene.width, scene.height)}."
+
+
+def edges_question(obj: SceneObject) -> str:
+    return f"Where are the edges of the {object_name(obj)}?"
+
+
+def edges_answer(scene: Scene, obj: SceneObject) -> str:
+    """'left 0.12, top 0.30, right 0.45, bottom 0.62': the extent as fractions of the image."""
+    x1, y1, x2, y2 = fmt_box(obj.bbox(), scene.width, scene.height)[1:-1].split(", ")
+    return f"left {x1}, top {y1}, right {x2}, bottom {y2}"
+
+
+def unique_objects(scene: Scene) -> list[SceneObject]:
+    """Objects that their name picks out alone (a scene may hold two blue stars)."""
+    names = collections.Counter(object_name(o) for o in scene.objects)
+    return [o for o in scene.objects if names[object_name(o)] == 1]
+
+
+def presence_targets(rng: random.Random, scene: Scene) -> str:
+    """A presence question's target: a present object, a shape named alone when it is unique or
+    absent, or a near miss (same shape another colour, same colour another shape, another letter)."""
+    objs = scene.objects
+    unique = unique_objects(scene)
+    r = rng.random()
+    if r < 0.45 and unique:
+        return object_name(rng.choice(unique))
+    if r < 0.65:
+        counts = {s: sum(o.kind == "shape" and o.name == s for o in objs) for s in SHAPES}
+        return rng.choice([s for s in SHAPES if counts[s] <= 1])
+    present = {object_name(o) for o in objs}
+    ref = rng.choice(objs)
+    if ref.kind == "letter":
+        pool = [f"letter {x}" for x in LETTERS]
+    elif rng.random() < 0.6:
+        pool = [f"{c} {ref.name}" for c in COLOR_NAMES] + [f"{ref.color} {s}" for s in SHAPES]
+    else:
+        pool = [f"{c} {s}" for c in COLOR_NAMES for s in SHAPES]
+    return rng.choice([t for t in pool if t not in present])
+
+
+def base_scene(rng: random.Random, size: int) -> Scene:
+    """A scene for base training: every layout the continual families draw, and more.
+
+    One shape anywhere (color, shape, box, unanswerable, position), one letter anywhere
+    (letter), 1-5 scattered objects with some letters (count, exists, choice), or one object
+    per quadrant (describe)."""
+    r = rng.random()
+    if r < 0.25:
+        return _one_shape(rng, size)
+    if r < 0.40:
+        return _letter(rng, size)[0]
+    if r < 0.80:
+        return _scatter_shapes(rng, size, rng.randint(1, 5), letter_frac=0.2)
+    return _describe(rng, size)[0]
+
+
+def _objects(rng, size):
+    scene = base_scene(rng, size)
+    return scene, [(QUESTIONS["objects"], count_answer(len(scene.objects)))]
+
+
+def _presence(rng, size):
+    scene = base_scene(rng, size)
+    target = presence_targets(rng, scene)
+    return scene, [(presence_question(target), presence_answer(scene, target))]
+
+
+def _edges(rng, size):
+    scene = base_scene(rng, size)
+    if not unique_objects(scene):
+        raise SceneDoesNotFit
+    obj = rng.choice(unique_objects(scene))
+    return scene, [(edges_question(obj), edges_answer(scene, obj))]
+
+
 FAMILIES: dict[str, Callable[[random.Random, int], tuple[Scene, list[tuple[str, str]]]]] = {
     "color": _color,
     "shape": _shape,
@@ -227,6 +344,9 @@ FAMILIES: dict[str, Callable[[random.Random, int], tuple[Scene, list[tuple[str, 
     "box": _box,
     "unanswerable": _unanswerable,
     "describe": _describe,
+    "objects": _objects,
+    "presence": _presence,
+    "edges": _edges,
 }
 
 
