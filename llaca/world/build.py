@@ -23,8 +23,12 @@ import torch
 
 from ..dataset import VQASample
 from ..encoding import answer_loss, encode_supervised
-from ..evaluate import evaluate
-from .families import make_item, sample_rng
+from ..evaluate import caption_object_score, evaluate
+from .canvas import render
+from .families import (
+    QUESTIONS, SceneDoesNotFit, base_scene, caption, count_answer, edges_answer, edges_question, presence_answer,
+    presence_question, presence_targets, make_item, sample_rng, unique_objects,
+)
 from .processor import build_processor
 from .tiny import TinyArch, build_model
 from .train_loop import train
@@ -37,40 +41,69 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     arch: TinyArch = field(default_factory=TinyArch)
     vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
-    steps: int = 2000
+    steps: int = 3200
     batch_images: int = 48
     lr: float = 1e-3
-    vision_lr_scale: float = 0.1
+    vision_lr_scale: float = 0.0  # 0: the pre-trained vision tower stays frozen, as LLaVA-1.5 keeps CLIP
     warmup: int = 60
     min_lr_frac: float = 0.02
     seed: int = 0
     canvas: tuple[int, int] = (48, 160)
     eval_n: int = 200
     eval_sets: tuple[tuple[str, int | tuple[int, int]], ...] = (
-        ("color", 64), ("shape", 64), ("describe", 64), ("color", (48, 160)), ("shape", (48, 160)),
+        ("color", 64), ("shape", 64), ("describe", 64), ("objects", 64), ("presence", 64), ("edges", 64),
+        ("color", (48, 160)), ("shape", (48, 160)), ("describe", (48, 160)),
     )
     threads: int | None = None
+    device: str = "cpu"
 
 
 def base_conversation(rng: random.Random, canvas: tuple[int, int]) -> VQASample:
-    """One training image with its base questions as one conversation, in random order."""
-    if rng.random() < 0.5:
-        item = make_item("color", rng, canvas)
-        obj = item.scene.objects[0]
-        turns = [item.turns[0], ("What shape is this?", obj.name)]
+    """One training image with its base questions as one conversation, in random order.
+
+    Every image is described; most have their objects counted and one object's edges asked
+    for; one or two objects are asked after (a present one, a shape named alone, or a near miss
+    that is absent); a single shape is also asked its colour and shape."""
+    for _ in range(100):
+        size = rng.randint(*canvas)
+        try:
+            scene = base_scene(rng, size)
+            break
+        except SceneDoesNotFit:
+            continue
     else:
-        item = make_item("describe", rng, canvas)
-        turns = list(item.turns)
-        objs = item.scene.objects
-        if len(objs) == 1 and objs[0].kind == "shape":
-            turns += [("What color is the shape?", objs[0].color), ("What shape is this?", objs[0].name)]
+        raise RuntimeError("could not lay out a base scene")
+    objs = scene.objects
+    turns = [(QUESTIONS["describe"], caption(scene))]
+    if rng.random() < 0.6:
+        turns.append((QUESTIONS["objects"], count_answer(len(objs))))
+    for target in dict.fromkeys(presence_targets(rng, scene) for _ in range(rng.randint(1, 2))):
+        turns.append((presence_question(target), presence_answer(scene, target)))
+    if unique_objects(scene) and rng.random() < 0.6:
+        obj = rng.choice(unique_objects(scene))
+        turns.append((edges_question(obj), edges_answer(scene, obj)))
+    if len(objs) == 1 and objs[0].kind == "shape":
+        turns += [(QUESTIONS["color"], objs[0].color), (QUESTIONS["shape"], objs[0].name)]
     rng.shuffle(turns)
-    return VQASample("train", item.image, turns, "base")
+    return VQASample("train", render(scene), turns, "base")
 
 
 def heldout(family: str, n: int, seed: int = 10_000, size: int | tuple[int, int] = 64) -> list[VQASample]:
     items = [make_item(family, sample_rng(seed, i, family), size) for i in range(n)]
     return [VQASample(f"{family}-{i}", it.image, it.turns, family) for i, it in enumerate(items)]
+
+
+def heldout_accuracy(model, processor, eval_sets, n: int) -> dict[str, float]:
+    """% right on fresh samples of each (family, size); captions also object by object."""
+    accuracy = {}
+    for fam, size in eval_sets:
+        samples = heldout(fam, n, size=size)
+        res = evaluate(model, processor, samples)
+        accuracy[f"{fam}@{size}"] = round(res.accuracy, 1)
+        if fam == "describe":
+            scores = [caption_object_score(p, s.answer) for p, s in zip(res.predictions, samples)]
+            accuracy[f"describe_objects@{size}"] = round(100.0 * sum(scores) / len(scores), 1)
+    return accuracy
 
 
 def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> dict:
@@ -79,32 +112,34 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
         torch.set_num_threads(cfg.threads)
     processor = build_processor(cfg.arch.image_size, cfg.arch.patch_size, seed=cfg.seed)
     cfg.arch.vocab_size = max(cfg.arch.vocab_size, 64 * math.ceil(len(processor.tokenizer) / 64))
-    model = build_model(cfg.arch, cfg.seed)
+    model = build_model(cfg.arch, cfg.seed).to(cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     vision_record = None
     if cfg.vision.steps > 0:
-        vision_record = pretrain_vision(model, processor.image_processor, cfg.vision, cfg.seed, cfg.canvas, progress)
+        vision_record = pretrain_vision(model, processor.image_processor, cfg.vision, cfg.seed, cfg.canvas, progress,
+                                        cfg.device)
         log.info("vision tower pre-trained: %s", vision_record)
     vision_params = list(model.model.vision_tower.parameters())
     vision_ids = {id(p) for p in vision_params}
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in model.parameters() if id(p) not in vision_ids], "lr_scale": 1.0},
-         {"params": vision_params, "lr_scale": cfg.vision_lr_scale if cfg.vision.steps > 0 else 1.0}],
-        lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98),
-    )
+    groups = [{"params": [p for p in model.parameters() if id(p) not in vision_ids], "lr_scale": 1.0}]
+    if cfg.vision.steps > 0 and cfg.vision_lr_scale == 0:
+        model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP: no backward through it
+    else:
+        groups.append({"params": vision_params, "lr_scale": cfg.vision_lr_scale if cfg.vision.steps > 0 else 1.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
     rng = random.Random(f"build:{cfg.seed}")
 
-    def step_loss() -> torch.Tensor:
-        conversations = [base_conversation(rng, cfg.canvas) for _ in range(cfg.batch_images)]
-        return answer_loss(model, encode_supervised(processor, conversations))
+    def make_batch() -> dict[str, torch.Tensor]:
+        return encode_supervised(processor, [base_conversation(rng, cfg.canvas) for _ in range(cfg.batch_images)])
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return answer_loss(model, {k: v.to(cfg.device) for k, v in batch.items()})
 
     model.train()
-    run = train(opt, step_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "build tiny llava", progress)
+    run = train(opt, make_batch, batch_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "build tiny llava", progress)
     model.eval()
-    accuracy = {
-        f"{fam}@{size}": evaluate(model, processor, heldout(fam, cfg.eval_n, size=size)).accuracy
-        for fam, size in cfg.eval_sets
-    }
+    model.requires_grad_(True)
+    accuracy = heldout_accuracy(model, processor, cfg.eval_sets, cfg.eval_n)
     record = {
         "config": {**asdict(cfg), "arch": cfg.arch.to_dict()},
         "parameters": n_params,

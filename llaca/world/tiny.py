@@ -18,11 +18,11 @@ from .processor import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
 class TinyArch:
     image_size: int = 64
     patch_size: int = 8
-    vision_hidden: int = 96
-    vision_layers: int = 3
+    vision_hidden: int = 128
+    vision_layers: int = 4
     vision_heads: int = 4
     text_hidden: int = 128
-    text_layers: int = 3
+    text_layers: int = 4
     text_heads: int = 4
     vocab_size: int = 640
     max_positions: int = 512

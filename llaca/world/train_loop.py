@@ -1,14 +1,19 @@
 """The training loop both stages of the tiny model's build share.
 
 Warm-up plus cosine learning-rate schedule (scaled per parameter group by its `lr_scale`),
-gradient clipping, a tqdm bar showing the running loss, and a summary of the losses.
+gradient clipping, a tqdm bar showing the running loss, and a summary of the losses. Batches
+are drawn and encoded in a background thread one step ahead (drawing, rendering and
+tokenising are Python work that overlaps with torch's GIL-free kernels); one producer keeps
+the batch sequence, and so the build, deterministic.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -22,9 +27,41 @@ def cosine_lr(step: int, steps: int, lr: float, warmup: int, min_lr_frac: float)
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def prefetched(make_batch: Callable[[], object], n: int, depth: int = 2) -> Iterator:
+    """`n` results of `make_batch()`, produced in order by one background thread, `depth` ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for _ in range(n):
+                if stop.is_set():
+                    return
+                q.put((True, make_batch()))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((False, e))
+
+    worker = threading.Thread(target=produce, name="batch-producer", daemon=True)
+    worker.start()
+    try:
+        for _ in range(n):
+            ok, item = q.get()
+            if not ok:
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
+
+
 def train(
     opt: torch.optim.Optimizer,
-    step_loss: Callable[[], torch.Tensor],
+    make_batch: Callable[[], object],
+    batch_loss: Callable[[object], torch.Tensor],
     steps: int,
     lr: float,
     warmup: int,
@@ -32,19 +69,19 @@ def train(
     desc: str,
     progress: bool = True,
 ) -> dict:
-    """Run `steps` optimizer steps on the loss `step_loss()` returns (a fresh batch each call).
+    """Run `steps` optimizer steps, each on `batch_loss(make_batch())` (a fresh batch each step).
 
     Returns {"train_seconds", "loss_first_50", "loss_last_50"}.
     """
     params = [p for g in opt.param_groups for p in g["params"]]
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=5)
-    for step in bar:
+    bar = tqdm(prefetched(make_batch, steps), total=steps, desc=desc, disable=not progress, mininterval=5)
+    for step, batch in enumerate(bar):
         base = cosine_lr(step, steps, lr, warmup, min_lr_frac)
         for g in opt.param_groups:
             g["lr"] = base * g.get("lr_scale", 1.0)
-        loss = step_loss()
+        loss = batch_loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
