@@ -3,6 +3,7 @@
     python -m llaca.world export --family count --n 200 --seed 1 --out DIR
     python -m llaca.world build --out models/llava-tiny
     python -m llaca.world evaluate --model models/llava-tiny --family color --n 500
+    python -m llaca.world learnability --out benchmarks/results/learnability
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .families import FAMILIES
+from .families import CONTINUAL_SEQUENCE, FAMILIES
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--vision-steps", type=int, default=None, help="vision pre-training steps (0: skip the stage)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--device", default="cpu", help="where to train (cpu, cuda); the committed model is built on cpu")
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")
     ev.add_argument("--model", default="models/llava-tiny")
     ev.add_argument("--family", required=True, choices=sorted(FAMILIES))
@@ -45,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--size", type=_size, default=64)
     ev.add_argument("--device", default=None)
+    le = sub.add_parser("learnability", help="train one single-task LoRA per continual family and score it")
+    le.add_argument("--model", default="models/llava-tiny")
+    le.add_argument("--families", default=",".join(CONTINUAL_SEQUENCE), help="comma-separated continual families")
+    le.add_argument("--train-n", default="48,400", help="training-set sizes, comma-separated (default: 48,400)")
+    le.add_argument("--eval-n", type=int, default=200, help="held-out samples per family and size (default: 200)")
+    le.add_argument("--threads", type=int, default=None)
+    le.add_argument("--device", default=None)
+    le.add_argument("--out", type=Path, default=Path("benchmarks/out/learnability"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -58,13 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "build":
         from .build import BuildConfig, build
 
-        cfg = BuildConfig(seed=args.seed, threads=args.threads)
+        cfg = BuildConfig(seed=args.seed, threads=args.threads, device=args.device)
         if args.steps is not None:
             cfg.steps = args.steps
         if args.vision_steps is not None:
             cfg.vision.steps = args.vision_steps
         record = build(cfg, args.out)
         print(json.dumps(record, indent=1))
+    elif args.cmd == "learnability":
+        import torch
+
+        from ..model import load_model
+        from .learnability import learnability, markdown, write_report
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        lm = load_model(args.model, device=args.device)
+        report = learnability(lm, [f.strip() for f in args.families.split(",")],
+                              [int(n) for n in args.train_n.split(",")], args.eval_n)
+        report["model"] = args.model
+        paths = write_report(report, args.out)
+        print(markdown(report))
+        print("wrote", *paths)
     else:
         from ..evaluate import evaluate
         from ..model import load_model
