@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-import random
 import subprocess
 import sys
-import threading
+import tempfile
 import textwrap
+import threading
+from pathlib import Path
 
 import pytest
-import torch
 
-from llaca.encoding import answer_loss, encode_supervised
 from llaca.evaluate import evaluate
 from llaca.model import GenerationParams, answer, stream_answer
 from llaca.world.build import BuildConfig, build, heldout
@@ -62,8 +60,8 @@ def test_loads_and_answers_with_plain_transformers_only():
     assert all(shape), r.stdout
 
 
-# The target is 97% on 500 fresh samples; the committed model measured colour 100% and shape
-# 98.4-98.6% there (64 px, 128 px, 48-160 px). These 100-sample checks leave room for sampling noise.
+# Targets on 500 fresh samples: colour >= 99%, shape >= 98% (64 and 128 px); see the build record
+# and the README for the committed model's figures. These 100-sample checks leave room for noise.
 FLOOR = {"color": 97.0, "shape": 95.0}
 
 
@@ -72,6 +70,20 @@ FLOOR = {"color": 97.0, "shape": 95.0}
 def test_base_families_are_known(tiny, family, size):
     res = evaluate(tiny.model, tiny.processor, heldout(family, 100, seed=4242, size=size))
     assert res.accuracy >= FLOOR[family], (family, size, res.accuracy)
+
+
+def test_the_base_model_knows_the_concepts_the_continual_tasks_ask_about(tiny):
+    """How many objects, whether one is there and where, its extent, and whole captions."""
+    from llaca.evaluate import caption_object_score
+
+    floors = {"objects": 85.0, "presence": 85.0, "edges": 70.0}
+    for family, floor in floors.items():
+        res = evaluate(tiny.model, tiny.processor, heldout(family, 100, seed=4243))
+        assert res.accuracy >= floor, (family, res.accuracy, res.predictions[:5])
+    samples = heldout("describe", 100, seed=4243)
+    res = evaluate(tiny.model, tiny.processor, samples)
+    objects = sum(caption_object_score(p, s.answer) for p, s in zip(res.predictions, samples)) / len(samples)
+    assert objects >= 0.85, (objects, res.predictions[:5])
 
 
 @pytest.mark.parametrize("family", ["color", "shape"])
@@ -105,24 +117,20 @@ def test_streaming_yields_growing_text_and_stop_really_stops(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,chance,steps,lr", [("count", 20.0, 300, 1e-3), ("position", 25.0, 80, 5e-4)])
-def test_continual_families_are_learnable_by_a_short_fine_tune(tiny, family, chance, steps, lr):
-    torch.manual_seed(0)
-    model = copy.deepcopy(tiny.model)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    train = heldout(family, 600, seed=11)
-    test = heldout(family, 80, seed=99)
-    before = evaluate(model, tiny.processor, test).accuracy
-    rng = random.Random(0)
-    for step in range(steps):
-        loss = answer_loss(model, encode_supervised(tiny.processor, rng.sample(train, 16)))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    after = evaluate(model, tiny.processor, test).accuracy
-    assert after >= chance + 20 and after > before + 20, (family, before, after)
+@pytest.mark.parametrize("family", ["count", "letter"])
+def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family):
+    """One single-task LoRA with the tuner's defaults on 48 samples: the format is learned on
+    fresh images, from a zero-shot score near 0 (the base model knows the concept, not the format)."""
+    from llaca.evaluate import adapter_applied
+    from llaca.tuner import TuneConfig, tune
+
+    test = heldout(family, 100, seed=99, size=(64, 128))
+    before = evaluate(tiny.model, tiny.processor, test).accuracy
+    with tempfile.TemporaryDirectory() as work:
+        tune(tiny.model, tiny.processor, heldout(family, 48, seed=11), TuneConfig(method="seq"), out_dir=Path(work) / "a")
+        with adapter_applied(tiny.model, Path(work) / "a") as model:
+            after = evaluate(model, tiny.processor, test).accuracy
+    assert before < 30 and after >= 75, (family, before, after)
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     arch: TinyArch = field(default_factory=TinyArch)
     vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
-    steps: int = 3200
+    steps: int = 2700
     batch_images: int = 48
     lr: float = 1e-3
     vision_lr_scale: float = 0.0  # 0: the pre-trained vision tower stays frozen, as LLaVA-1.5 keeps CLIP
@@ -49,7 +49,7 @@ class BuildConfig:
     min_lr_frac: float = 0.02
     seed: int = 0
     canvas: tuple[int, int] = (48, 160)
-    eval_n: int = 200
+    eval_n: int = 100
     eval_sets: tuple[tuple[str, int | tuple[int, int]], ...] = (
         ("color", 64), ("shape", 64), ("describe", 64), ("objects", 64), ("presence", 64), ("edges", 64),
         ("color", (48, 160)), ("shape", (48, 160)), ("describe", (48, 160)),
