@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from feedback_store import AdapterVersion, TaskBuffer, WorkerState
+from llaca.liveness import classify
 from llaca.plots import matrix_heatmap
 
 from .errors import UserError, user_message
@@ -34,7 +35,6 @@ from .state import SessionState
 log = logging.getLogger(__name__)
 
 BASE_CHOICE = "base (no adapter)"
-WORKER_STALE_SECONDS = 120.0
 ADMIN_DISABLED = "Admin actions are disabled: no admin password is set. Start the app with `LLACA_ADMIN_PASSWORD` (or `--admin-password`) to enable rollback."
 ADMIN_ENABLED = "Rollback needs the admin password (`LLACA_ADMIN_PASSWORD`)."
 TABLE_HEADERS = ["version", "status", "parent", "created (UTC)", "avg acc %", "forgetting (worst task)", "guard", "reason"]
@@ -76,17 +76,21 @@ def _e(text: Any) -> str:
 
 
 def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
+    """The learning part of the status line: live workers, and for a while the ones that went
+    silent without stopping (``llaca.liveness``); workers that stopped cleanly are left out."""
     now = time.time() if now is None else now
-    if not workers:
-        return "no learning worker has reported yet - corrections are kept and will be learned once one runs"
+    groups = classify(workers, now)
+    live, silent = groups.shown(now)
+    if not live and not silent:
+        if not workers:
+            return "no learning worker has reported yet - corrections are kept and will be learned once one runs"
+        return "no learning worker is running - corrections are kept and will be learned once one runs"
+    several = len(live) + len(silent) > 1
     parts = []
-    for w in workers:
-        name = "worker" if len(workers) == 1 else f"worker {w.worker_id}"
-        age = now - w.updated_at
+    for w in live:
+        name = f"worker {w.worker_id}" if several else "worker"
         d = w.detail or {}
-        if age > WORKER_STALE_SECONDS and w.state not in ("stopped",):
-            parts.append(f"{name} not responding (last seen {int(age)} s ago)")
-        elif w.state == "training" and d.get("buffer") is not None:
+        if w.state == "training" and d.get("buffer") is not None:
             step, total = d.get("step"), d.get("total")
             where = f" {step}/{total}" if step is not None and total else ""
             parts.append(f"{name} training buffer #{d['buffer']}{where}")
@@ -95,6 +99,8 @@ def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
             parts.append(f"{name} {what}")
         else:
             parts.append(f"{name} {w.state}")
+    for w in silent:
+        parts.append(f"worker {w.worker_id} not responding (last seen {int(now - w.updated_at)} s ago)")
     return "; ".join(parts)
 
 
