@@ -33,7 +33,7 @@ import gradio as gr
 from llaca.liveness import classify
 from llaca.serving import BASE
 
-from .chat import NO_IMAGE, params_from, session_key, client_description
+from .chat import params_from, session_key, client_description
 from .errors import UserError, user_message
 from .feedback import like_kind
 from .services import Services, paced
@@ -41,6 +41,9 @@ from .state import SessionState
 from .panels import worker_summary
 
 log = logging.getLogger(__name__)
+
+API_NO_IMAGE = ("No image: pass one with the first question, /ask(image, question); later calls with image=None "
+                "ask about that same image.")
 
 
 def _fail(e: BaseException, doing: str) -> gr.Error:
@@ -85,7 +88,7 @@ class ApiHandlers:
             path = _file_path(image)
             image_bytes = Path(path).read_bytes() if path else None
             if image_bytes is None and conv.image is None:
-                raise UserError(NO_IMAGE)
+                raise UserError(API_NO_IMAGE)
             session = self._session(state, request)
             parent = None if image_bytes is not None else conv.last_id
             msg = self.s.store.record_user_message(session, question, image_bytes=image_bytes, parent_id=parent)

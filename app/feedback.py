@@ -14,9 +14,12 @@ from typing import Any
 
 import gradio as gr
 
+from feedback_store import plural
+
 from .chat import align, chatbot_update
 from .errors import UserError, user_message
 from .history import Turn, last_index, to_messages
+from .panels import too_small_to_test
 from .services import Services
 from .state import SessionState
 
@@ -45,8 +48,7 @@ def like_kind(liked: Any) -> str | None:
 
 
 def buffer_ack(size: int, status: str) -> str:
-    noun = "correction" if size == 1 else "corrections"
-    text = f"Saved: {size} {noun} in this session's buffer"
+    text = f"Saved: {plural(size, 'correction')} in this session's buffer"
     if status == "ready":
         text += " - it is ready and queued for learning"
     return text + "."
@@ -221,9 +223,11 @@ class FeedbackHandlers:
         except Exception as e:
             gr.Warning(user_message(e, "queueing your corrections"))
             return gr.skip()
-        msg = f"Buffer #{buffer.id} ({buffer.size} corrections) is ready and queued for learning."
+        msg = f"Buffer #{buffer.id} ({plural(buffer.size, 'correction')}) is ready and queued for learning."
+        if too_small_to_test(buffer.size):
+            msg += " With so few corrections there is nothing to test a new version on, so it is usually rejected."
         gr.Info(msg, duration=5)
-        return f"🎓 {msg}"
+        return f"🎓 {msg} The panel below shows each step."
 
 
 def _short(text: str, n: int = 60) -> str:

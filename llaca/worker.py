@@ -38,6 +38,9 @@ from .tuner import TuneConfig, library_versions, tune
 log = logging.getLogger(__name__)
 
 
+MIN_ITEMS_TO_HOLD_OUT = 3  # a smaller buffer is judged on the corrections it trained on
+
+
 class LeaseLost(RuntimeError):
     """Another worker took this buffer over (our lease expired); abandon the run."""
 
@@ -203,7 +206,7 @@ class LearningWorker:
     def _split(self, buffer) -> tuple[list, list]:
         # The split is seeded by the buffer id, so an attempt after a crash recomputes the same one.
         items = [it for it in self.store.buffer_items(buffer.id) if it.image_sha256]
-        n_held = 0 if len(items) < 3 else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
+        n_held = 0 if len(items) < MIN_ITEMS_TO_HOLD_OUT else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
         held_ids = set(random.Random(f"split:{buffer.id}").sample([it.id for it in items], min(n_held, len(items) - 1)))
         self.store.set_splits(buffer.id, {it.id: ("heldout" if it.id in held_ids else "train") for it in items})
         return [it for it in items if it.id not in held_ids], [it for it in items if it.id in held_ids]

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.panels import worker_summary
-from feedback_store import FeedbackStore, WorkerState
+from feedback_store import FeedbackStore, TaskBuffer, WorkerState
 from llaca.liveness import HIDE_AFTER_SECONDS, STALE_SECONDS, classify
 from llaca.worker import LearningWorker, WorkerConfig, start_background
 from tests.conftest import TINY
@@ -100,3 +100,18 @@ def test_the_worker_command_documents_every_option():
             continue
         assert action.help, f"--{action.dest} has no help text"
         assert "default" in action.help or action.dest == "once", f"--{action.dest} does not say its default"
+
+
+def test_the_buffer_panel_says_what_happens_and_who_will_learn_it():
+    from app.panels import buffer_status, learning_rule
+
+    def buffer(status: str, reason: str | None = None):
+        return TaskBuffer(1, "s", status, NOW, NOW, None, None, None, 0, None, reason)
+
+    live, gone = [row("vm:2", "idle", 5)], [row("vm:1", "stopped", 5)]
+    assert buffer_status(buffer("ready"), live, 8) == ("ready", "queued for learning")
+    assert "no learning worker is running" in buffer_status(buffer("ready"), gone, 8)[1]
+    reason = "the new task did not improve on its held-out items (0% -> 0%)"
+    assert buffer_status(buffer("rejected", reason), live, 8)[1] == f"rejected: {reason}; the served version stays"
+    rule = learning_rule(8)
+    assert "8 corrections or on Teach now" in rule and "1 in 5" in rule and "rarely passes" in rule
