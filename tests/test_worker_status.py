@@ -108,7 +108,9 @@ def test_the_buffer_panel_says_what_happens_and_who_will_learn_it():
     def buffer(status: str, reason: str | None = None):
         return TaskBuffer(1, "s", status, NOW, NOW, None, None, None, 0, None, reason)
 
-    live, gone = [row("vm:2", "idle", 5)], [row("vm:1", "stopped", 5)]
+    now = time.time()  # buffer_status judges liveness at the current time
+    live = [WorkerState("vm:2", "idle", {}, now - 5, None, None)]
+    gone = [WorkerState("vm:1", "stopped", {}, now - 5, None, None)]
     assert buffer_status(buffer("ready"), live, 8) == ("ready", "queued for learning")
     assert "no learning worker is running" in buffer_status(buffer("ready"), gone, 8)[1]
     reason = "the new task did not improve on its held-out items (0% -> 0%)"
