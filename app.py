@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -66,12 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as e:
         print(f"app.py: {e}", file=sys.stderr)
         return 1
+    # SIGTERM (a service manager, a Space restart, `kill`) stops like Ctrl+C: Gradio closes the
+    # server, then the learning worker marks itself stopped so the status line forgets it.
+    signal.signal(signal.SIGTERM, _interrupt)
     services.worker = start_learning_worker(settings, services.store)
-    demo = build_app(services)
-    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
-    log.info("serving %s on http://%s:%d (data in %s)", settings.model, settings.host, settings.port, settings.data_dir)
-    demo.launch(**launch_kwargs(services))
+    try:
+        demo = build_app(services)
+        demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
+        log.info("serving %s on http://%s:%d (data in %s)", settings.model, settings.host, settings.port, settings.data_dir)
+        demo.launch(**launch_kwargs(services))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if services.worker is not None:
+            services.worker.shutdown(timeout=5)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ endpoints. One ``gradio_client.Client`` is one Gradio session, which is one stor
     /rate(message_id, rating)            rating: "like" | "dislike" -> confirmation text
     /correct(message_id, corrected_answer) -> (buffer_id, buffer_size, buffer_status)
     /teach()                             -> {"buffer_id", "size", "status"} (marks the buffer ready)
-    /status()                            -> {"adapter_version", "current_adapter", "worker", "buffers", ...}
+    /status()                            -> {"adapter_version", "current_adapter", "learning" (the status
+                                            line's words), "worker" (live workers), "workers_not_responding",
+                                            "workers_stopped", "buffers", ...}
     /stop()                              -> number of generations stopped in this session
 
 Errors raise ``gr.Error`` with the reason (the client raises it as ``AppError``).
@@ -28,20 +30,28 @@ from typing import Any
 
 import gradio as gr
 
+from llaca.liveness import classify
 from llaca.serving import BASE
 
-from .chat import NO_IMAGE, params_from, session_key, client_description
+from .chat import params_from, session_key, client_description
 from .errors import UserError, user_message
 from .feedback import like_kind
 from .services import Services, paced
 from .state import SessionState
-from .panels import WORKER_STALE_SECONDS
+from .panels import worker_summary
 
 log = logging.getLogger(__name__)
+
+API_NO_IMAGE = ("No image: pass one with the first question, /ask(image, question); later calls with image=None "
+                "ask about that same image.")
 
 
 def _fail(e: BaseException, doing: str) -> gr.Error:
     return gr.Error(user_message(e, doing))
+
+
+def _worker(w) -> dict:
+    return {"worker_id": w.worker_id, "state": w.state, "detail": w.detail, "updated_at": w.updated_at}
 
 
 def _file_path(value: Any) -> str | None:
@@ -78,7 +88,7 @@ class ApiHandlers:
             path = _file_path(image)
             image_bytes = Path(path).read_bytes() if path else None
             if image_bytes is None and conv.image is None:
-                raise UserError(NO_IMAGE)
+                raise UserError(API_NO_IMAGE)
             session = self._session(state, request)
             parent = None if image_bytes is not None else conv.last_id
             msg = self.s.store.record_user_message(session, question, image_bytes=image_bytes, parent_id=parent)
@@ -151,17 +161,18 @@ class ApiHandlers:
         current = self.s.store.current_adapter()
         now = time.time()
         buffers = self.s.store.session_buffers(state.session_id) if state.session_id else []
+        workers = self.s.store.worker_states()
+        groups = classify(workers, now)
         return {
             "model": self.s.model_name,
             "adapter_version": self.s.assistant.version,
             "current_adapter": current.version if current else BASE,
             "buffer_size": self.s.settings.buffer_size,
             "session_id": state.session_id,
-            "worker": [
-                {"worker_id": w.worker_id, "state": w.state, "detail": w.detail, "updated_at": w.updated_at,
-                 "stale": now - w.updated_at > WORKER_STALE_SECONDS}
-                for w in self.s.store.worker_states()
-            ],
+            "learning": worker_summary(workers, now),  # the page's status line says the same
+            "worker": [_worker(w) for w in groups.live],  # live workers
+            "workers_not_responding": [_worker(w) for w in groups.not_responding],
+            "workers_stopped": [_worker(w) for w in groups.stopped],
             "buffers": [
                 {"id": b.id, "status": b.status, "size": b.size, "adapter_version": b.adapter_version,
                  "reason": b.reason,

@@ -16,8 +16,8 @@ from typing import Any
 import gradio as gr
 
 from .api import ApiHandlers
-from .chat import ChatHandlers, align
-from .feedback import PICK_ANSWER, FeedbackHandlers
+from .chat import ChatHandlers
+from .feedback import BOX_PLACEHOLDER, PICK_ANSWER, FeedbackHandlers
 from .panels import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, TABLE_HEADERS, Panels
 from .services import Services
 from .state import SessionState
@@ -110,8 +110,10 @@ def build_app(services: Services) -> gr.Blocks:
                             gr.Markdown("### ✏️ Correct this answer", padding=True)
                             selection_md = gr.Markdown(PICK_ANSWER, padding=True, elem_id="llaca-selection")
                             correction = gr.Textbox(
-                                show_label=False, placeholder="The right answer…", lines=2, elem_id="llaca-correction",
+                                show_label=False, placeholder=BOX_PLACEHOLDER, lines=2, elem_id="llaca-correction",
                             )
+                            # the store id of the answer the box is tied to, sent with every save
+                            correction_target = gr.Textbox(visible=False, elem_id="llaca-correction-target")
                             save_btn = gr.Button("Save correction", variant="primary", elem_id="llaca-save")
                         ack_md = gr.Markdown("", elem_id="llaca-ack")
                         gr.Markdown("### 🎓 This session's buffer")
@@ -162,11 +164,12 @@ def build_app(services: Services) -> gr.Blocks:
 
         params = [temperature, top_p, max_tokens]
 
-        def after(history, st: SessionState, request: gr.Request = None):
+        def after(history, st: SessionState, target: str, request: gr.Request = None):
             status, body = panels.refresh(st, request)
-            return fb.selection_text(st, align(history, st)), status, body
+            return (*fb.sync(history, st, target), status, body)
 
-        after_kw = dict(fn=after, inputs=[chatbot, state], outputs=[selection_md, status_md, panel], **light, show_progress="hidden")
+        after_kw = dict(fn=after, inputs=[chatbot, state, correction_target],
+                        outputs=[selection_md, correction, correction_target, status_md, panel], **light, show_progress="hidden")
 
         # -- named API endpoints (gradio_client) ------------------------------------------
         ask_b, rate_b, correct_b, teach_b, status_b, stop_b = api_buttons
@@ -199,15 +202,19 @@ def build_app(services: Services) -> gr.Blocks:
 
         # -- feedback ---------------------------------------------------------------------
         chatbot.like(  # every click counts, even in quick succession on several answers
-            fb.like, [chatbot, state], [state, selection_md, correction, ack_md], trigger_mode="multiple", **light,
+            fb.like, [chatbot, state, correction_target], [state, selection_md, correction, correction_target, ack_md],
+            trigger_mode="multiple", **light,
         ).then(**after_kw)
-        chatbot.select(fb.select, [chatbot, state], [state, selection_md], trigger_mode="always_last", **light, show_progress="hidden")
+        chatbot.select(
+            fb.select, [chatbot, state, correction_target], [state, selection_md, correction, correction_target, ack_md],
+            trigger_mode="always_last", **light, show_progress="hidden",
+        )
         chatbot.edit(fb.edit, [chatbot, state], [chatbot, state, ack_md], **light).then(
             chat.reask, [chatbot, state, *params], [chatbot, state], show_progress="minimal",
             api_visibility="private", **model_limits,
         ).then(**after_kw)
         gr.on(
-            [save_btn.click, correction.submit], fb.save_correction, [correction, chatbot, state],
+            [save_btn.click, correction.submit], fb.save_correction, [correction, correction_target, chatbot, state],
             [correction, chatbot, state, ack_md], **light,
         ).then(**after_kw)
         teach_btn.click(fb.teach, [state], [ack_md], **light).then(**after_kw)

@@ -14,15 +14,19 @@ from typing import Any
 
 import gradio as gr
 
+from feedback_store import plural
+
 from .chat import align, chatbot_update
 from .errors import UserError, user_message
 from .history import Turn, last_index, to_messages
+from .panels import too_small_to_test
 from .services import Services
 from .state import SessionState
 
 log = logging.getLogger(__name__)
 
 PICK_ANSWER = "Click an answer in the chat (or give it a 👎) to correct it."
+BOX_PLACEHOLDER = "The right answer…"
 
 
 def _index(value: Any) -> int | None:
@@ -44,8 +48,7 @@ def like_kind(liked: Any) -> str | None:
 
 
 def buffer_ack(size: int, status: str) -> str:
-    noun = "correction" if size == 1 else "corrections"
-    text = f"Saved: {size} {noun} in this session's buffer"
+    text = f"Saved: {plural(size, 'correction')} in this session's buffer"
     if status == "ready":
         text += " - it is ready and queued for learning"
     return text + "."
@@ -88,40 +91,64 @@ class FeedbackHandlers:
 
     # -- events -----------------------------------------------------------------------
 
-    def like(self, history, state: SessionState, data: gr.LikeData):
+    def _box(self, state: SessionState, turns: list[Turn], target: str | None):
+        """The correction box follows the selected answer: (selection text, box, target id).
+
+        ``target`` is the store id of the answer the box was last tied to, as the page holds
+        it (a hidden component sent with every save). When the selection is another answer,
+        the box is emptied and re-tied to it in the same update, so text typed for one answer
+        can never be saved against another."""
+        i = state.selected
+        valid = i is not None and i < len(turns) and i < len(state.messages) and turns[i].role == "assistant"
+        new_target = (state.messages[i].id or "") if valid else ""
+        if new_target == (target or ""):
+            return self.selection_text(state, turns), gr.skip(), gr.skip()
+        if not valid:
+            return PICK_ANSWER, gr.update(value="", placeholder=BOX_PLACEHOLDER), ""
+        q = last_index(turns, "user", i)
+        question = turns[q].text if q is not None else ""
+        box = gr.update(value="", placeholder=f"The right answer to: {_short(question)}")
+        return self.selection_text(state, turns), box, new_target
+
+    def sync(self, history, state: SessionState, target: str | None):
+        """After any change of the chat (new answer, regenerate, undo, clear, edit): keep the
+        correction box tied to the selected answer. Outputs: selection text, box, target."""
+        return self._box(state, align(history, state), target)
+
+    def like(self, history, state: SessionState, target: str | None, data: gr.LikeData):
         """Thumbs up/down on any answer. A thumbs-down also selects the answer for correction.
-        Outputs: state, selection text, correction box, acknowledgement."""
+        Outputs: state, selection text, correction box, box target, acknowledgement."""
         turns = align(history, state)
         i = _index(data.index)
         kind = like_kind(data.liked)
         if kind is None:  # the thumb was clicked off again: nothing to record
-            return state, gr.skip(), gr.skip(), gr.skip()
+            return state, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             meta = self._answer_meta(state, turns, i)
             self.s.store.record_feedback(state.session_id, meta.id, kind)
         except Exception as e:
-            gr.Warning(user_message(e, "recording your feedback"))
-            return state, gr.skip(), gr.skip(), gr.skip()
+            text = user_message(e, "recording your feedback")
+            gr.Warning(text)
+            return state, gr.skip(), gr.skip(), gr.skip(), f"⚠️ {text}"
         meta.feedback = kind if meta.feedback != "corrected" else meta.feedback
         n = state.answer_number(i)
         if kind == "like":
-            return state, gr.skip(), gr.skip(), f"👍 Thanks: answer #{n} marked as right."
+            return state, gr.skip(), gr.skip(), gr.skip(), f"👍 Thanks: answer #{n} marked as right."
         state.selected = i
         gr.Info(f"Answer #{n} marked wrong. Type the right answer in “Correct this answer”.", duration=5)
-        return (
-            state, self.selection_text(state, turns),
-            gr.update(placeholder=f"The right answer to: {_short(turns[last_index(turns, 'user', i) or 0].text)}"),
-            f"👎 Answer #{n} marked as wrong - type the right answer to teach it.",
-        )
+        selection, box, new_target = self._box(state, turns, target)
+        return state, selection, box, new_target, f"👎 Answer #{n} marked as wrong - type the right answer to teach it."
 
-    def select(self, history, state: SessionState, data: gr.SelectData):
+    def select(self, history, state: SessionState, target: str | None, data: gr.SelectData):
         """Clicking an answer makes it the one the correction box applies to.
-        Outputs: state, selection text."""
+        Outputs: state, selection text, correction box, box target, acknowledgement."""
         turns = align(history, state)
         i = _index(data.index)
         if i is not None and i < len(turns) and turns[i].role == "assistant":
             state.selected = i
-        return state, self.selection_text(state, turns)
+        selection, box, new_target = self._box(state, turns, target)
+        ack = gr.skip() if isinstance(new_target, dict) else ""  # another answer: the old message goes
+        return state, selection, box, new_target, ack
 
     def _correct(self, state: SessionState, turns: list[Turn], i: int | None, text: str):
         meta = self._answer_meta(state, turns, i)
@@ -160,24 +187,32 @@ class FeedbackHandlers:
         gr.Info(ack, duration=5)
         return chatbot_update(to_messages(turns), state), state, f"✏️ {ack}"
 
-    def save_correction(self, text, history, state: SessionState):
-        """The "Correct this answer" box: store the right answer for the selected answer and
-        show it in the chat. Outputs: correction box, chatbot, state, acknowledgement."""
+    def save_correction(self, text, target, history, state: SessionState):
+        """The "Correct this answer" box: store the right answer for the answer the box is tied
+        to (``target``, its store id as the page holds it, never whatever is selected now) and
+        show it in the chat. A refusal stays in the acknowledgement line until the next action.
+        Outputs: correction box, chatbot, state, acknowledgement."""
         turns = align(history, state)
         text = str(text or "").strip()
+        target = str(target or "")
+        i = next((k for k, m in enumerate(state.messages) if target and m.id == target), None)
         try:
-            if not text:
-                raise UserError("Type the right answer first.")
-            if state.selected is None:
+            if not target:
                 raise UserError(PICK_ANSWER)
-            result = self._correct(state, turns, state.selected, text)
+            if i is None:
+                raise UserError("The answer this correction was for is no longer in the chat (undone, cleared or "
+                                "regenerated). Pick an answer again.")
+            if not text:
+                raise UserError(f"Type the right answer to answer #{state.answer_number(i)} first.")
+            result = self._correct(state, turns, i, text)
         except Exception as e:
-            gr.Warning(user_message(e, "saving your correction"))
-            return gr.skip(), gr.skip(), state, gr.skip()
-        turns[state.selected].text = text
+            reason = user_message(e, "saving your correction")
+            gr.Warning(reason)
+            return gr.skip(), gr.skip(), state, f"⚠️ Not saved: {reason}"
+        turns[i].text = text
         ack = buffer_ack(result.size, result.status)
         gr.Info(ack, duration=5)
-        return "", chatbot_update(to_messages(turns), state), state, f"✏️ {ack}"
+        return "", chatbot_update(to_messages(turns), state), state, f"✏️ Answer #{state.answer_number(i)} corrected. {ack}"
 
     def teach(self, state: SessionState):
         """Mark this session's buffer ready for the learning worker. Output: acknowledgement."""
@@ -188,9 +223,11 @@ class FeedbackHandlers:
         except Exception as e:
             gr.Warning(user_message(e, "queueing your corrections"))
             return gr.skip()
-        msg = f"Buffer #{buffer.id} ({buffer.size} corrections) is ready and queued for learning."
+        msg = f"Buffer #{buffer.id} ({plural(buffer.size, 'correction')}) is ready and queued for learning."
+        if too_small_to_test(buffer.size):
+            msg += " With so few corrections there is nothing to test a new version on, so it is usually rejected."
         gr.Info(msg, duration=5)
-        return f"🎓 {msg}"
+        return f"🎓 {msg} The panel below shows each step."
 
 
 def _short(text: str, n: int = 60) -> str:

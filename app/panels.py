@@ -24,7 +24,8 @@ import gradio as gr
 from matplotlib.figure import Figure
 from PIL import Image
 
-from feedback_store import AdapterVersion, TaskBuffer, WorkerState
+from feedback_store import AdapterVersion, TaskBuffer, WorkerState, plural
+from llaca.liveness import classify
 from llaca.plots import matrix_heatmap
 
 from .errors import UserError, user_message
@@ -34,7 +35,6 @@ from .state import SessionState
 log = logging.getLogger(__name__)
 
 BASE_CHOICE = "base (no adapter)"
-WORKER_STALE_SECONDS = 120.0
 ADMIN_DISABLED = "Admin actions are disabled: no admin password is set. Start the app with `LLACA_ADMIN_PASSWORD` (or `--admin-password`) to enable rollback."
 ADMIN_ENABLED = "Rollback needs the admin password (`LLACA_ADMIN_PASSWORD`)."
 TABLE_HEADERS = ["version", "status", "parent", "created (UTC)", "avg acc %", "forgetting (worst task)", "guard", "reason"]
@@ -76,17 +76,21 @@ def _e(text: Any) -> str:
 
 
 def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
+    """The learning part of the status line: live workers, and for a while the ones that went
+    silent without stopping (``llaca.liveness``); workers that stopped cleanly are left out."""
     now = time.time() if now is None else now
-    if not workers:
-        return "no learning worker has reported yet - corrections are kept and will be learned once one runs"
+    groups = classify(workers, now)
+    live, silent = groups.shown(now)
+    if not live and not silent:
+        if not workers:
+            return "no learning worker has reported yet - corrections are kept and will be learned once one runs"
+        return "no learning worker is running - corrections are kept and will be learned once one runs"
+    several = len(live) + len(silent) > 1
     parts = []
-    for w in workers:
-        name = "worker" if len(workers) == 1 else f"worker {w.worker_id}"
-        age = now - w.updated_at
+    for w in live:
+        name = f"worker {w.worker_id}" if several else "worker"
         d = w.detail or {}
-        if age > WORKER_STALE_SECONDS and w.state not in ("stopped",):
-            parts.append(f"{name} not responding (last seen {int(age)} s ago)")
-        elif w.state == "training" and d.get("buffer") is not None:
+        if w.state == "training" and d.get("buffer") is not None:
             step, total = d.get("step"), d.get("total")
             where = f" {step}/{total}" if step is not None and total else ""
             parts.append(f"{name} training buffer #{d['buffer']}{where}")
@@ -95,6 +99,8 @@ def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
             parts.append(f"{name} {what}")
         else:
             parts.append(f"{name} {w.state}")
+    for w in silent:
+        parts.append(f"worker {w.worker_id} not responding (last seen {int(now - w.updated_at)} s ago)")
     return "; ".join(parts)
 
 
@@ -120,11 +126,34 @@ def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
     return None
 
 
+def learning_rule(threshold: int) -> str:
+    """What happens to a buffer, in a user's words (the worker's split and the guard)."""
+    from llaca.worker import MIN_ITEMS_TO_HOLD_OUT, WorkerConfig
+
+    share = round(1 / WorkerConfig.heldout_fraction)
+    return (
+        f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
+        f"trains a new version on it, holding out about 1 in {share} corrections (at least {WorkerConfig.min_heldout} "
+        f"once there are {MIN_ITEMS_TO_HOLD_OUT} or more) to test it on. The new version is served only if it answers "
+        f"those better and keeps what the model knew; otherwise the buffer is rejected with the reason and the served "
+        f"version stays. A smaller buffer has nothing to test on and rarely passes."
+    )
+
+
+def too_small_to_test(size: int) -> bool:
+    """Whether a buffer of ``size`` corrections is too small for the worker to hold any out."""
+    from llaca.worker import MIN_ITEMS_TO_HOLD_OUT
+
+    return size < MIN_ITEMS_TO_HOLD_OUT
+
+
 def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int) -> tuple[str, str]:
     """(css class, words) for where a buffer is in the learning pipeline."""
     if buffer.status == "open":
         return "open", f"collecting ({buffer.size}/{threshold}; press Teach now to learn sooner)"
     if buffer.status == "ready":
+        if not classify(workers).live:
+            return "ready", "queued for learning - no learning worker is running, it waits for one"
         return "ready", "queued for learning"
     if buffer.status == "training":
         w = _worker_on(buffer, workers)
@@ -136,7 +165,7 @@ def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int
         return "trained", f"promoted as {buffer.adapter_version}" if buffer.adapter_version else "trained"
     if buffer.status == "rejected":
         reason = (buffer.reason or "no reason given").removeprefix("rejected: ")
-        return "rejected", f"rejected: {reason}"
+        return "rejected", f"rejected: {reason}; the served version stays"
     return buffer.status, buffer.status
 
 
@@ -160,10 +189,11 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
         more = f"<div class='llaca-more'>… and {b.size - shown} more</div>" if b.size > shown else ""
         out.append(
             f"<div class='llaca-buffer' data-status='{_e(b.status)}'>"
-            f"<div class='llaca-buffer-head'><b>Buffer #{b.id}</b> · {b.size} correction{'s' if b.size != 1 else ''} "
+            f"<div class='llaca-buffer-head'><b>Buffer #{b.id}</b> · {plural(b.size, 'correction')} "
             f"<span class='llaca-badge llaca-{_e(cls)}'>{_e(words)}</span></div>{bar}"
             f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th></tr>{''.join(rows)}</table>{more}</div>"
         )
+    out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold))}</div>")
     return "".join(out)
 
 

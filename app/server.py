@@ -9,6 +9,7 @@ Used by the end-to-end tests and ``benchmarks/chat_latency.py``::
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,9 +82,10 @@ class AppServer:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the app with ``sig`` (SIGTERM, or SIGINT like Ctrl+C); SIGKILL after 15 s."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

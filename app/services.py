@@ -179,10 +179,11 @@ def chat_threads(settings: Settings, lm: LoadedModel) -> int | None:
 
 
 def create_services(settings: Settings, lm: LoadedModel | None = None) -> Services:
-    """Open the store in the data dir, load the model (unless given), write the examples."""
-    store = FeedbackStore(settings.data_dir)
+    """Load the model (unless given), open the store in the data dir, write the examples.
+    The model comes first: if it cannot be loaded, nothing is created on disk."""
     if lm is None:
         lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+    store = FeedbackStore(settings.data_dir)
     assistant = Assistant(lm, current_version=served_version_from(store), poll_seconds=1.0, threads=chat_threads(settings, lm))
     try:
         examples = make_examples(settings.data_dir / "examples")

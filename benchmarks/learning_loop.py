@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,13 +90,23 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the chat and of the worker (2 cores here)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--keep", action="store_true", help="keep the data dir")
+    ap.add_argument("--keep", action="store_true", help="keep the data dir and images (removed otherwise, also when interrupted)")
     args = ap.parse_args(argv)
-    from gradio_client import Client
-
     families = args.families.split(",")
     all_families = ["color", "shape"] + families
     work = Path(tempfile.mkdtemp(prefix="llaca-loop-"))
+    try:
+        return run(args, families, all_families, work)
+    finally:  # also on Ctrl+C: the app is stopped (AppServer) and the scratch folder goes
+        if args.keep:
+            print(f"kept the data dir and images in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, families: list[str], all_families: list[str], work: Path) -> int:
+    from gradio_client import Client
+
     images = Images(work / "images")
     images.root.mkdir()
     report = {"buffer": args.buffer, "families": families, "rows": [], "buffers": []}

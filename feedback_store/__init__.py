@@ -56,6 +56,7 @@ from .records import (
     Session,
     TaskBuffer,
     WorkerState,
+    plural,
 )
 from .schema import SCHEMA_VERSION
 from .store import FeedbackStore
@@ -63,7 +64,7 @@ from .store import FeedbackStore
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback", "ImageRecord",
-    "Message", "Session", "TaskBuffer", "WorkerState",
+    "Message", "Session", "TaskBuffer", "WorkerState", "plural",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError", "BufferStateError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",
     "InvalidEncodingError", "InvalidFeedbackError", "InvalidImageError", "InvalidInputError",

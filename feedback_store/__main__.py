@@ -2,7 +2,7 @@
 
 ``export`` writes the corrections as a LLaVA-format folder (``--format llava``, the
 default; filter with ``--session`` and ``--status``) or every message and feedback row
-as JSONL (``--format jsonl``). ``check`` runs SQLite's integrity and foreign-key checks
+as JSONL (``--format jsonl``: into a folder with the images, or into ``--out FILE.jsonl``). ``check`` runs SQLite's integrity and foreign-key checks
 and reports (``--cleanup``: removes) image files left by crashes.
 
 ``--data-dir`` defaults to ``$LLACA_DATA_DIR`` or ``./data``. Exit status: 0 ok,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .export import FORMATS, export_jsonl, export_llava
-from .records import BUFFER_STATUSES
+from .records import BUFFER_STATUSES, plural
 from .store import DB_FILENAME, FeedbackStore
 
 
@@ -32,11 +32,13 @@ def _parser(default_data_dir: str) -> argparse.ArgumentParser:
         help="folder holding store.db and images/ (default: $LLACA_DATA_DIR or ./data)",
     )
     exp = sub.add_parser("export", parents=[common], help="export corrections or all messages")
-    exp.add_argument("--out", type=Path, required=True, help="folder to write (new or empty)")
+    exp.add_argument("--out", type=Path, required=True,
+                     help="folder to write (new or empty); with --format jsonl also a FILE.jsonl (one file, images stay in the store)")
     exp.add_argument("--session", help="only this session id")
     exp.add_argument("--status", choices=BUFFER_STATUSES, help="llava: only buffers with this status")
-    exp.add_argument("--format", choices=FORMATS, default="llava")
-    exp.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    exp.add_argument("--format", choices=FORMATS, default="llava",
+                     help="llava: the corrections as a training folder (default); jsonl: every message and feedback row")
+    exp.add_argument("--force", action="store_true", help="write into a non-empty --out folder, or replace an --out file")
     chk = sub.add_parser("check", parents=[common], help="integrity check and orphan files")
     chk.add_argument("--cleanup", action="store_true", help="remove orphan and temp image files")
     chk.add_argument("--min-age", type=float, default=3600.0, help="only files older than this (s)")
@@ -68,15 +70,20 @@ def _export(store: FeedbackStore, args: argparse.Namespace) -> int:
             print("error: --status applies to --format llava only.", file=sys.stderr)
             return 2
         summary = export_jsonl(store, args.out, session_id=args.session, overwrite=args.force)
-        print(f"wrote {summary.records} messages, {summary.feedback} feedback rows and "
-              f"{summary.images} images to {summary.out}")
+        images = f" and {plural(summary.images, 'image')}" if summary.out.is_dir() else ""
+        print(f"wrote {plural(summary.records, 'message')}, {plural(summary.feedback, 'feedback row')}"
+              f"{images} to {summary.out}")
     else:
+        if args.out.suffix == ".jsonl":
+            print(f"error: --format llava writes a folder, not {args.out.name}; add --format jsonl for a .jsonl file.",
+                  file=sys.stderr)
+            return 2
         summary = export_llava(
             store, args.out, session_id=args.session, status=args.status, overwrite=args.force
         )
-        print(f"wrote {summary.records} corrections and {summary.images} images to {summary.out}")
+        print(f"wrote {plural(summary.records, 'correction')} and {plural(summary.images, 'image')} to {summary.out}")
         if summary.skipped:
-            print(f"left out {summary.skipped} corrections without an image (they are in --format jsonl)")
+            print(f"left out {plural(summary.skipped, 'correction')} without an image (they are in --format jsonl)")
     return 0
 
 

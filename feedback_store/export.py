@@ -11,8 +11,9 @@ LLaVA format (the project's one dataset format, read by the benchmark and the tu
 
 A correction made without any image in its conversation is left out of the LLaVA
 export (the project's reader, like LLaVA training, needs an image per record) and
-counted in ``ExportSummary.skipped``; it is in the JSONL export. JSONL format:
-``OUT/messages.jsonl``, ``OUT/feedback.jsonl`` and the referenced images. Everything is
+counted in ``ExportSummary.skipped``; it is in the JSONL export. JSONL format: into a
+folder, ``OUT/messages.jsonl``, ``OUT/feedback.jsonl`` and the referenced images; into
+``OUT.jsonl``, one file of both kinds of rows (images stay in the store). Everything is
 read in one snapshot; files are written tmp + rename.
 """
 
@@ -149,27 +150,47 @@ def export_llava(
 def export_jsonl(
     store: FeedbackStore, out: Path, *, session_id: str | None = None, overwrite: bool = False
 ) -> ExportSummary:
-    """Write every message and feedback row (optionally of one session) as JSONL."""
+    """Write every message and feedback row (optionally of one session) as JSONL.
+
+    ``out`` ending in ``.jsonl``: one file, each line ``{"record": "message" | "feedback", ...}``,
+    images left in the store (a message's ``image`` is relative to the data dir). Otherwise a
+    folder: ``messages.jsonl``, ``feedback.jsonl`` and the images (``image`` relative to it)."""
     where, params = "", []
     if session_id is not None:
         where, params = "WHERE session_id = ?", [session_id]
+    single = Path(out).suffix == ".jsonl"
+    target = _prepare_file(store, Path(out), overwrite) if single else None
     with store._conns.read() as db:
         messages = fetch_all(db, f"SELECT * FROM messages {where} ORDER BY rowid", params)
         feedback = fetch_all(db, f"SELECT * FROM feedback {where} ORDER BY id", params)
-    out = _prepare_out(store, out, overwrite)
-    lines = []
     for m in messages:
         m["gen_params"] = json.loads(m["gen_params"] or "{}")
         m["image"] = image_relative_path(m["image_sha256"]) if m["image_sha256"] else None
         m["created_at"] = iso_time(m["created_at"])
-        lines.append(json.dumps(m, ensure_ascii=False))
-    images = _copy_images(store, out, (m["image_sha256"] for m in messages if m["image_sha256"]))
-    _write_atomic(out / "messages.jsonl", "".join(line + "\n" for line in lines))
     for f in feedback:
         f["created_at"] = iso_time(f["created_at"])
-    _write_atomic(
-        out / "feedback.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in feedback)
-    )
+    shas = [m["image_sha256"] for m in messages if m["image_sha256"]]
+    if target is not None:
+        lines = [{"record": "message", **m} for m in messages] + [{"record": "feedback", **f} for f in feedback]
+        _write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+        return ExportSummary(out=target, format="jsonl", records=len(messages), images=0, feedback=len(feedback))
+    out = _prepare_out(store, out, overwrite)
+    images = _copy_images(store, out, shas)
+    _write_atomic(out / "messages.jsonl", "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in messages))
+    _write_atomic(out / "feedback.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in feedback))
     return ExportSummary(
         out=out, format="jsonl", records=len(messages), images=images, feedback=len(feedback)
     )
+
+
+def _prepare_file(store: FeedbackStore, out: Path, overwrite: bool) -> Path:
+    """Check a single-file export target (its folder is created; nothing else is written)."""
+    out = out.absolute()
+    if out.resolve().is_relative_to(store.data_dir.resolve()):
+        raise ExportError(f"Export to a file outside the store's data dir ({store.data_dir.resolve()}).")
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder. Give a new file name ending in .jsonl, or a folder name without it.")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists. Choose a new file name or pass --force.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

@@ -31,6 +31,11 @@ def iso_time(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """"1 correction", "2 corrections" (``nouns`` for irregular plurals)."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def _json(value: str | None) -> dict[str, Any]:
     return json.loads(value) if value else {}
 

@@ -177,6 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--learn-method", help="tuning method of the worker (default llaca; LLACA_LEARN_METHOD)")
     ap.add_argument("--learn-steps", type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)")
     ap.add_argument("--guard-margin", type=float, help="points an earlier task may lose (default 5; LLACA_GUARD_MARGIN)")
-    ap.add_argument("--idle-ready", type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never)")
+    ap.add_argument("--idle-ready", type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never; LLACA_IDLE_READY)")
     ap.add_argument("--worker-threads", type=int, help="torch threads of the in-app worker on CPU (default 1; LLACA_WORKER_THREADS)")
     return ap

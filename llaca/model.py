@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -28,6 +29,11 @@ from transformers import (
 from .encoding import messages_for
 
 log = logging.getLogger(__name__)
+
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model
+# (every training run and every evaluation with an adapter), which repeated this FutureWarning in
+# the app's log; nothing in this project calls it, and there is nothing for a user to change.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_MODEL = "models/llava-tiny"
 REAL_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -105,22 +111,71 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
         raise ModelLoadError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32") from None
 
 
+def _get_weights(name: str) -> str:
+    return (
+        f"To serve {name} without network, download it once where there is network (`hf download {name}` fills "
+        f"the Hugging Face cache; copy the cache here, or set HF_HOME to it), then start with HF_HUB_OFFLINE=1. "
+        f"Or leave out --model to serve the embedded {DEFAULT_MODEL}."
+    )
+
+
+def hub_cache_only(name: str, *, endpoint: str | None = None, cache_dir: str | Path | None = None,
+                   offline: bool | None = None, timeout: float = 3.0) -> bool:
+    """Whether the hub model ``name`` must be loaded from the local Hugging Face cache only.
+
+    Decided in seconds, before any download is tried (an unreachable hub otherwise costs
+    minutes of retries): with ``HF_HUB_OFFLINE=1``, or when the hub does not answer within
+    ``timeout``, the model must be in the cache (its config at least; missing weights then
+    fail at once, with the same advice). Raises ``ModelLoadError`` saying what to do.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    endpoint = endpoint or constants.ENDPOINT
+    offline = constants.HF_HUB_OFFLINE if offline is None else offline
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    cached = isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache), str)
+    if offline:
+        if not cached:
+            raise ModelLoadError(
+                f"{name!r} is neither a local folder nor in the Hugging Face cache ({cache}), and HF_HUB_OFFLINE=1 "
+                f"forbids downloading it. {_get_weights(name)}"
+            )
+        return True
+    import httpx
+
+    try:
+        httpx.head(endpoint, timeout=timeout)
+        return False  # any answer will do: the hub is reachable, from_pretrained downloads what is missing
+    except httpx.HTTPError as e:
+        unreachable = f"the Hugging Face hub ({endpoint}) did not answer within {timeout:g} s ({type(e).__name__})"
+    if cached:
+        log.warning("%s; loading %s from the cache (%s)", unreachable, name, cache)
+        return True
+    raise ModelLoadError(
+        f"could not load {name!r}: it is neither a local folder nor in the Hugging Face cache ({cache}), and "
+        f"{unreachable}. {_get_weights(name)}"
+    )
+
+
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
     """Load a LLaVA model and its processor from a local folder or a Hugging Face hub id."""
     name = str(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dev, dtype)
     is_local = Path(name).exists()
+    if not is_local and name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"no model folder at {name!r} (and it is not a hub id like {REAL_MODEL})")
+    cache_only = False if is_local else hub_cache_only(name)
     kwargs: dict = {"dtype": dt}
     multi_gpu = dev.type == "cuda" and device in (None, "", "auto") and torch.cuda.device_count() > 1
     if multi_gpu:
         kwargs["device_map"] = "auto"  # accelerate spreads the layers over the GPUs
     try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = LlavaForConditionalGeneration.from_pretrained(name, **kwargs)
+        processor = AutoProcessor.from_pretrained(name, local_files_only=cache_only)
+        model = LlavaForConditionalGeneration.from_pretrained(name, local_files_only=cache_only, **kwargs)
     except (OSError, ValueError) as e:
-        where = "folder" if is_local else "hub id (needs network or a local cache; set HF_HUB_OFFLINE=1 to use the cache only)"
-        raise ModelLoadError(f"could not load LLaVA model {name!r} as a {where}: {e}") from e
+        advice = "" if is_local else f" {_get_weights(name)}"
+        raise ModelLoadError(f"could not load LLaVA model {name!r} as a {'folder' if is_local else 'hub id'}: {e}{advice}") from e
     if not multi_gpu:
         model.to(dev)
     model.eval()

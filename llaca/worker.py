@@ -31,10 +31,14 @@ from .adapter_files import publish, staging_dir, sweep_staging
 from .dataset import VQASample, read_folder
 from .evaluate import adapter_applied
 from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
+from .liveness import HEARTBEAT_SECONDS, STOPPED
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .tuner import TuneConfig, library_versions, tune
 
 log = logging.getLogger(__name__)
+
+
+MIN_ITEMS_TO_HOLD_OUT = 3  # a smaller buffer is judged on the corrections it trained on
 
 
 class LeaseLost(RuntimeError):
@@ -85,6 +89,11 @@ class LearningWorker:
         self._lm = lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
+        self.thread: threading.Thread | None = None  # set by start_background
+        self._state_lock = threading.Lock()
+        self._last_state: tuple[str, dict] = ("starting", {})
+        self._last_write = 0.0
+        self._closed = False  # after shutdown() nothing but "stopped" is written
 
     # -- resources loaded once ---------------------------------------------------------
 
@@ -112,10 +121,43 @@ class LearningWorker:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def state(self, state: str, **detail) -> None:
+        """Report what the worker does now (its row in the store's worker_status table)."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._last_state = (state, detail)
+            self._write(state, detail)
+
+    def _write(self, state: str, detail: dict) -> None:
         try:
             self.store.set_worker_state(self.cfg.worker_id, state, detail)
+            self._last_write = time.monotonic()
         except Exception:  # status is best effort; never let it kill training
             log.exception("could not write worker state")
+
+    def beat(self) -> None:
+        """Repeat the last report if it is older than the heartbeat period, so a worker that is
+        idle or busy evaluating still shows as alive (``llaca.liveness``)."""
+        with self._state_lock:
+            if not self._closed and time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+                self._write(*self._last_state)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop, wait up to ``timeout`` s for it, and mark this worker stopped in the
+        store. A buffer it was training returns to the queue when its lease expires."""
+        self.stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Write the final ``stopped`` state once; later reports are ignored."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._write(STOPPED, {})
+        log.info("learning worker %s stopped", self.cfg.worker_id)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -124,16 +166,19 @@ class LearningWorker:
             torch.set_num_threads(self.cfg.threads)
         sweep_staging(self.adapters_dir)
         self.state("idle")
-        while not self.stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("learning cycle failed; the buffer returns to the queue when its lease expires")
-                self.state("error", message="the last cycle failed; see the worker log")
-                worked = False
-            if not worked:
-                self.stop.wait(self.cfg.poll_seconds)
-        self.state("stopped")
+        try:
+            while not self.stop.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    log.exception("learning cycle failed; the buffer returns to the queue when its lease expires")
+                    self.state("error", message="the last cycle failed; see the worker log")
+                    worked = False
+                if not worked:
+                    self.beat()
+                    self.stop.wait(self.cfg.poll_seconds)
+        finally:  # also on KeyboardInterrupt / SystemExit
+            self.close()
 
     def run_once(self) -> bool:
         if self.cfg.idle_ready_seconds:
@@ -161,7 +206,7 @@ class LearningWorker:
     def _split(self, buffer) -> tuple[list, list]:
         # The split is seeded by the buffer id, so an attempt after a crash recomputes the same one.
         items = [it for it in self.store.buffer_items(buffer.id) if it.image_sha256]
-        n_held = 0 if len(items) < 3 else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
+        n_held = 0 if len(items) < MIN_ITEMS_TO_HOLD_OUT else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
         held_ids = set(random.Random(f"split:{buffer.id}").sample([it.id for it in items], min(n_held, len(items) - 1)))
         self.store.set_splits(buffer.id, {it.id: ("heldout" if it.id in held_ids else "train") for it in items})
         return [it for it in items if it.id not in held_ids], [it for it in items if it.id in held_ids]
@@ -189,12 +234,13 @@ class LearningWorker:
         lost = threading.Event()
 
         def heartbeat() -> None:
-            while not heartbeat_stop.wait(cfg.lease_seconds / 3):
+            while not heartbeat_stop.wait(min(cfg.lease_seconds / 3, HEARTBEAT_SECONDS)):
                 try:
                     store.renew_lease(buffer.id, cfg.worker_id, cfg.lease_seconds)
                 except Exception:
                     lost.set()
                     return
+                self.beat()  # evaluating a big model can take longer than the staleness limit
 
         hb = threading.Thread(target=heartbeat, name=f"lease-{buffer.id}", daemon=True)
         hb.start()
@@ -326,43 +372,67 @@ def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, thr
     """Start the worker as a daemon thread (the app's default); `worker.stop.set()` ends it."""
     worker = LearningWorker(cfg, store)
     thread = threading.Thread(target=worker.run, name="llaca-worker", daemon=True)
+    worker.thread = thread
     thread.start()
     return worker, thread
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llaca.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LLACA_DATA_DIR", "data")))
-    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", DEFAULT_MODEL))
-    ap.add_argument("--device", default=os.environ.get("LLACA_DEVICE"))
-    ap.add_argument("--method", default="llaca")
-    ap.add_argument("--steps", type=int, default=WorkerConfig.steps)
-    ap.add_argument("--lr", type=float, default=WorkerConfig.lr)
-    ap.add_argument("--margin", type=float, default=WorkerConfig.margin)
-    ap.add_argument("--lease", type=float, default=WorkerConfig.lease_seconds)
-    ap.add_argument("--poll", type=float, default=WorkerConfig.poll_seconds)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--probe-data", type=Path, nargs="*", default=[], help="LLaVA-format folders of base probes")
-    ap.add_argument("--probe-n", type=int, default=WorkerConfig.probe_n, help="synthetic probe samples per base family")
+def build_parser() -> argparse.ArgumentParser:
+    d = WorkerConfig
+    ap = argparse.ArgumentParser(prog="python -m llaca.worker", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LLACA_DATA_DIR", "data")),
+                    help="the app's data dir: store.db, images/, adapters/ (default: $LLACA_DATA_DIR or ./data)")
+    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", DEFAULT_MODEL),
+                    help=f"the LLaVA the app serves, hub id or folder (default: $LLACA_MODEL or {DEFAULT_MODEL})")
+    ap.add_argument("--device", default=os.environ.get("LLACA_DEVICE"),
+                    help="cpu, cuda, cuda:1 ... (default: $LLACA_DEVICE, else cuda if available)")
+    ap.add_argument("--method", default=d.method, help=f"tuning method: seq, ema, llaca, seq+replay, llaca+replay (default {d.method})")
+    ap.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps per buffer (default {d.steps})")
+    ap.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    ap.add_argument("--margin", type=float, default=d.margin,
+                    help=f"points an earlier task or a base probe may lose before a candidate is rejected (default {d.margin:g})")
+    ap.add_argument("--lease", type=float, default=d.lease_seconds,
+                    help=f"seconds a claimed buffer stays ours without a heartbeat (default {d.lease_seconds:g})")
+    ap.add_argument("--poll", type=float, default=d.poll_seconds, help=f"seconds between looks for a ready buffer (default {d.poll_seconds:g})")
+    ap.add_argument("--idle-ready", type=float, default=d.idle_ready_seconds,
+                    help=f"seconds after which an idle open buffer is learned, 0 = never (default {d.idle_ready_seconds:g})")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for training (default: torch's choice)")
+    ap.add_argument("--probe-data", type=Path, nargs="*", default=[],
+                    help="LLaVA-format folders of base probes (default: synthetic colour and shape probes)")
+    ap.add_argument("--probe-n", type=int, default=d.probe_n, help=f"synthetic probe samples per base family (default {d.probe_n})")
     ap.add_argument("--once", action="store_true", help="handle at most one ready buffer, then exit")
     ap.add_argument("--crash-at", default=None, help=argparse.SUPPRESS)  # crash tests only
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = WorkerConfig(args.data_dir, args.model, args.device, args.method, args.steps, args.lr, margin=args.margin,
                        lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data,
-                       crash_at=args.crash_at, probe_n=args.probe_n)
+                       crash_at=args.crash_at, probe_n=args.probe_n, idle_ready_seconds=args.idle_ready or None)
     worker = LearningWorker(cfg)
-    if args.once:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        sweep_staging(worker.adapters_dir)
-        worker.run_once()
-        return 0
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops cleanly, like Ctrl+C
     try:
-        worker.run()
+        if args.once:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            sweep_staging(worker.adapters_dir)
+            worker.run_once()
+        else:
+            worker.run()
     except KeyboardInterrupt:
-        worker.stop.set()
+        log.info("interrupted; a buffer in training returns to the queue when its lease expires")
+    finally:
+        worker.shutdown(timeout=0)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

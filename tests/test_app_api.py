@@ -165,7 +165,7 @@ def test_errors_say_what_went_wrong_and_the_app_keeps_serving(server, images, tm
     bad.write_bytes(b"this is not a PNG")
     with pytest.raises(AppError, match="not an image"):
         ask(client, bad, COLOR_Q)
-    with pytest.raises(AppError, match="Upload an image first"):
+    with pytest.raises(AppError, match="No image: pass one with the first question"):
         ask(client, None, COLOR_Q)
     path, color, _ = images[0]
     long_question = "what color is the shape " * 120

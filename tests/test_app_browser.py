@@ -49,19 +49,26 @@ def page(server):
             executable_path=str(CHROMIUM), headless=True,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(30_000)
-        pg.goto(server.url, wait_until="load")
-        pg.wait_for_selector("#llaca-box textarea")
-        pg.get_by_text("Parameters").click()  # greedy answers, so the test knows what to expect
-        temperature = pg.locator("#llaca-temperature input[type=number]")
-        temperature.wait_for(state="visible")
-        temperature.fill("0")
-        temperature.press("Tab")
-        expect(temperature).to_have_value("0")
-        expect(pg.locator("#llaca-temperature input[type=range]")).to_have_value("0")
-        yield pg
+        yield open_page(browser, server.url)
         browser.close()
+
+
+def open_page(browser, url: str):
+    """A new tab (a new Gradio session) on the app, with greedy answers."""
+    from playwright.sync_api import expect
+
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(30_000)
+    pg.goto(url, wait_until="load")
+    pg.wait_for_selector("#llaca-box textarea")
+    pg.get_by_text("Parameters").click()  # greedy answers, so the test knows what to expect
+    temperature = pg.locator("#llaca-temperature input[type=number]")
+    temperature.wait_for(state="visible")
+    temperature.fill("0")
+    temperature.press("Tab")
+    expect(temperature).to_have_value("0")
+    expect(pg.locator("#llaca-temperature input[type=range]")).to_have_value("0")
+    return pg
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +203,66 @@ def test_dashboard_and_admin_rollback(page, server, tmp_path):
     page.get_by_role("button", name="Roll back").click()
     expect(page.locator("#llaca-rollback-msg")).to_contain_text("Rolled back: v1 is current")
     expect(page.locator("#llaca-dash-summary")).to_contain_text("current: v1")
+
+
+def test_the_correction_box_is_tied_to_the_answer_shown_as_selected(page, server, images):
+    """Text typed for one answer can never be saved against another: choosing another answer
+    (👎 or a click) empties the box, and a refused save says why in the panel, not only in a toast."""
+    from playwright.sync_api import expect
+
+    from feedback_store import FeedbackStore
+
+    (shape_png, color), _ = images
+    pg = open_page(page.context.browser, server.url)  # a fresh session
+    try:
+        bots = pg.locator("#llaca-chat [data-testid='bot']")
+        ask(pg, COLOR_Q, shape_png)
+        expect(bots.first).to_have_text(color)
+        ask(pg, SHAPE_Q)  # a follow-up about the same image
+        expect(bots.nth(1)).to_be_visible()
+        expect(bots.nth(1)).not_to_contain_text("▌", timeout=20_000)
+        second = bot_texts(pg)[1]
+        box, selection, ack = pg.locator("#llaca-correction textarea"), pg.locator("#llaca-selection"), pg.locator("#llaca-ack")
+
+        # 👎 on answer 1 and type a correction for it ...
+        pg.locator("#llaca-chat button[aria-label='Dislike']").first.click()
+        expect(selection).to_contain_text("Answer #1")
+        box.fill("typed for answer one")
+        # ... then 👎 on answer 2: the box is emptied, so that text cannot go to answer 2
+        pg.locator("#llaca-chat button[aria-label='Dislike']").last.click()
+        expect(selection).to_contain_text("Answer #2")
+        expect(box).to_have_value("")
+        box.fill("typed for answer two")
+        bots.first.click()  # selecting answer 1 by a click empties it too
+        expect(selection).to_contain_text("Answer #1")
+        expect(box).to_have_value("")
+        pg.locator("#llaca-save").click()
+        expect(ack).to_contain_text("Not saved: Type the right answer to answer #1 first.")
+
+        # a refused save stays explained in the panel (the toast is gone) and keeps the text
+        bots.nth(1).click()
+        expect(selection).to_contain_text("Answer #2")
+        box.fill(second)
+        pg.locator("#llaca-save").click()
+        expect(ack).to_contain_text("Not saved: The corrected answer is the same as the original answer")
+        pg.wait_for_timeout(6_000)
+        expect(ack).to_contain_text("Not saved:")
+        expect(box).to_have_value(second)
+
+        fix = "hexagon"
+        box.fill(fix)
+        pg.locator("#llaca-save").click()
+        expect(ack).to_contain_text("Answer #2 corrected. Saved: 1 correction")
+        expect(bots.nth(1)).to_have_text(fix)
+        expect(bots.first).to_have_text(color)
+        session = pg.locator("#llaca-panel [data-session]").get_attribute("data-session")
+    finally:
+        pg.close()
+    store = FeedbackStore(server.data_dir)
+    try:
+        history = store.session_history(session)
+        [buffer] = store.session_buffers(session)
+    finally:
+        store.close()
+    answers = [m for m in history if m.role == "assistant"]
+    assert [(i.message_id, i.question, i.answer) for i in buffer.items] == [(answers[1].id, SHAPE_Q, fix)]

@@ -123,15 +123,29 @@ def test_feedback_on_any_answer_edit_and_correction_box(h, services, item):
     first, second = state.messages[1].id, state.messages[3].id
 
     # thumbs-down on the FIRST answer (not only the last) selects it for correction
-    out = fb.like(history, state, gr.LikeData(None, {"index": 1, "value": color, "liked": False}))
+    out = fb.like(history, state, "", gr.LikeData(None, {"index": 1, "value": color, "liked": False}))
     assert state.selected == 1 and "Answer #1" in out[1]
-    fb.like(history, state, gr.LikeData(None, {"index": 3, "value": shape, "liked": True}))
+    assert value(out[2]) == "" and out[3] == first  # the box is emptied and tied to that answer
+    fb.like(history, state, first, gr.LikeData(None, {"index": 3, "value": shape, "liked": True}))
     kinds = [(f.message_id, f.kind) for f in services.store.session_feedback(state.session_id)]
     assert kinds == [(first, "dislike"), (second, "like")]
 
-    # the "Correct this answer" box
-    box, history, _, ack = map(value, fb.save_correction("crimson", history, state))
-    assert box == "" and history[1]["content"] == "crimson" and ack == "✏️ Saved: 1 correction in this session's buffer."
+    # selecting the second answer re-ties the box: text typed for the first cannot reach it
+    _, selection, box, target, ack = fb.select(history, state, first, gr.SelectData(None, {"index": 3, "value": shape}))
+    assert "Answer #2" in selection and value(box) == "" and target == second and ack == ""
+    _, selection, box, target, _ = fb.select(history, state, second, gr.SelectData(None, {"index": 1, "value": color}))
+    assert "Answer #1" in selection and target == first
+    # a refused save says why in the panel, and keeps the text for fixing
+    with pytest.warns(UserWarning, match="same as the original"):
+        box, _, _, ack = fb.save_correction(color, first, history, state)
+    assert box == gr.skip() and ack.startswith("⚠️ Not saved:") and "same as the original" in ack
+    with pytest.warns(UserWarning, match="no longer in the chat"):
+        assert "no longer in the chat" in fb.save_correction("crimson", "gone-id", history, state)[3]
+
+    # the "Correct this answer" box saves against the answer it is tied to
+    box, history, _, ack = map(value, fb.save_correction("crimson", first, history, state))
+    assert box == "" and history[1]["content"] == "crimson"
+    assert ack == "✏️ Answer #1 corrected. Saved: 1 correction in this session's buffer."
     # an edit in place of the second answer reaches the buffer size (2): ready
     edited = [dict(m) for m in history]
     edited[3] = {"role": "assistant", "content": "hexagon"}

@@ -55,3 +55,11 @@ def test_no_environment_read_at_import(monkeypatch):
     assert Settings.from_args([]).port == 7999  # read when called, not when imported
     monkeypatch.delenv("LLACA_PORT")
     assert Settings.from_args([]).port == 7860
+
+
+def test_every_flag_names_its_variable():
+    from llaca.config import build_parser
+
+    for action in build_parser()._actions:
+        if action.dest != "help":
+            assert "LLACA_" in (action.help or ""), f"--{action.dest.replace('_', '-')} does not name its LLACA_* variable"

@@ -118,12 +118,23 @@ def test_cli_export_and_check(taught, tmp_path):
     data_dir = str(store.data_dir)
     done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained")
     assert done.returncode == 0, done.stderr
-    assert "wrote 2 corrections and 1 images" in done.stdout and "left out 1 corrections" in done.stdout
+    assert "wrote 2 corrections and 1 image to" in done.stdout and "left out 1 correction without" in done.stdout
     assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
     # LLACA_DATA_DIR is the default data dir; --format jsonl; --status is llava-only
     done = run_cli("export", "--out", str(tmp_path / "j"), "--format", "jsonl", env={"LLACA_DATA_DIR": data_dir})
     assert done.returncode == 0, done.stderr
     assert "wrote 8 messages, 5 feedback rows" in done.stdout
+    # --out FILE.jsonl writes that one file (the README's command), not a folder of that name
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"), "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 8 messages, 5 feedback rows to" in done.stdout and (tmp_path / "all.jsonl").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert [r["record"] for r in rows] == ["message"] * 8 + ["feedback"] * 5
+    assert all((store.data_dir / r["image"]).is_file() for r in rows if r.get("image"))  # relative to the data dir
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"), "--format", "jsonl")
+    assert done.returncode == 2 and "already exists" in done.stderr
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "c.jsonl"))
+    assert done.returncode == 2 and "add --format jsonl" in done.stderr and not (tmp_path / "c.jsonl").exists()
     done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--format", "jsonl", "--status", "trained")
     assert done.returncode == 2 and "--status applies to --format llava only" in done.stderr
     done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"))
