@@ -28,6 +28,10 @@ Implementation notes:
   otherwise). The released code instead lands in its except branch and then overwrites g₋ with
   None, which makes the following step a fallback too; keeping the last real gradient is the
   smaller surprise and costs nothing extra.
+- `AdaptiveEMA(..., trace=True)` records, per update and tensor, the raw a, b, c and α (before
+  the fallback) for analysis (benchmarks/alpha_analysis.py). Each update appends one stacked
+  device tensor per group (no host sync); `trace()` converts them once. Off by default, and then
+  it costs one attribute test per group and update.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class _Group:
     alpha_sum: Tensor | None = None  # per tensor, fp64, summed over updates
     fallback_count: Tensor | None = None  # per tensor, int64, summed over updates
     nan: Tensor | None = None  # 0-dim NaN sentinel for tensors without b or c
+    trace: list[Tensor] = field(default_factory=list)  # per update: [4, n] rows a, b, c, raw α
 
 
 def _ema_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -289,19 +294,52 @@ class AdaptiveEMA(_EMABase):
 
     kind = "adaptive"
 
+    TRACE_FIELDS = ("a", "b", "c", "alpha_raw")
+    """Rows each traced update stores per tensor (b, c are NaN where the tensor had no g or no
+    g₋ at that update, i.e. where the rule could not be applied)."""
+
+    def __init__(self, params: Iterable[Tensor], *, chunk_numel: int | None = None,
+                 trace: bool = False):
+        super().__init__(params, chunk_numel=chunk_numel)
+        self._tracing = bool(trace)
+
     def _update_group(self, group: _Group) -> tuple[Tensor, Tensor]:
         # θ − θ* in the EMA dtype (bf16 θ is promoted); the only full-size temporary.
         diff = torch._foreach_sub(group.params, group.ema)
-        a = torch._foreach_norm(diff, 1)
+        a = torch.stack(torch._foreach_norm(diff, 1))
 
-        b, c = self._grad_norms(group)
-        alpha = 2 * (1 + torch.stack(b)) / (torch.stack(a) * torch.stack(c))
+        b, c = (torch.stack(v) for v in self._grad_norms(group))
+        alpha = 2 * (1 + b) / (a * c)
+        if self._tracing:
+            group.trace.append(torch.stack([a, b, c, alpha]))  # a copy: α is filled in below
         fallback = ~((alpha > 0) & (alpha < 1))  # NaN compares False; inf fails alpha < 1
         alpha.masked_fill_(fallback, FALLBACK_ALPHA)
 
         torch._foreach_mul_(diff, alpha.unbind(0))
         torch._foreach_add_(group.ema, diff)
         return alpha, fallback
+
+    def trace(self) -> dict[str, Any]:
+        """The recorded updates as CPU tensors of shape [updates, tensors], tracked order.
+
+        Keys: "a", "b", "c", "alpha_raw" (2(1 + b)/(a·c), fp64 from the EMA dtype), "alpha"
+        (the α applied: the fallback where `fallback`), "fallback" (bool), and per tensor
+        "numel" (int64) and "shapes" (tuples). One device sync per group; call it after training.
+        """
+        if not self._tracing:
+            raise RuntimeError("trace() needs AdaptiveEMA(..., trace=True)")
+        n, steps = len(self._params), len(self._groups[0].trace)
+        rows = torch.full((steps, len(self.TRACE_FIELDS), n), float("nan"), dtype=torch.float64)
+        for g in self._groups:
+            if g.trace:
+                rows[:, :, g.indices] = torch.stack(g.trace).to("cpu", torch.float64)
+        out = {k: rows[:, i] for i, k in enumerate(self.TRACE_FIELDS)}
+        raw = out["alpha_raw"]
+        out["fallback"] = ~((raw > 0) & (raw < 1))
+        out["alpha"] = raw.masked_fill(out["fallback"], FALLBACK_ALPHA)
+        out["numel"] = torch.tensor([p.numel() for p in self._params], dtype=torch.int64)
+        out["shapes"] = [tuple(p.shape) for p in self._params]
+        return out
 
     def _grad_norms(self, group: _Group) -> tuple[list[Tensor], list[Tensor]]:
         """b = ‖g‖₁ and c = ‖g − g₋‖₁ per tensor (NaN where not available); g₋ ← g."""

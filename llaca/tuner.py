@@ -81,6 +81,7 @@ class TuneConfig:
 class TuneResult:
     adapter_dir: Path | None
     record: dict = field(default_factory=dict)
+    ema_trace: dict | None = None  # `AdaptiveEMA.trace()` plus "names", when tune(trace_ema=True)
 
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, recent loss)
@@ -141,17 +142,22 @@ def tune(
     replay: Sequence[VQASample] = (),
     progress: Progress | None = None,
     show_progress: bool = False,
+    trace_ema: bool = False,
 ) -> TuneResult:
     """Train a LoRA adapter on `samples` starting from `init_adapter` (or none); save it to `out_dir`.
 
     `base_model` is a LlavaForConditionalGeneration; LoRA layers are injected for the run and
     removed again afterwards (`unload`), so the caller's model is unchanged when this returns.
+    `trace_ema` (adaptive methods only) records the EMA's per-step, per-tensor a, b, c and α
+    into `TuneResult.ema_trace` (for analysis; see benchmarks/alpha_analysis.py).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     if not samples:
         raise TuningError("no samples to train on")
+    if trace_ema and cfg.ema_kind != "adaptive":
+        raise TuningError(f"trace_ema needs an adaptive-EMA method, not {cfg.method!r}")
     set_seed(cfg.seed)
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -161,7 +167,8 @@ def tune(
     model = _lora_model(base_model, cfg, init_adapter)
     peft_model = model
     try:
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup_frac * steps))
 
@@ -176,7 +183,7 @@ def tune(
         model.train()
         ema = None
         if cfg.ema_kind == "adaptive":
-            ema = AdaptiveEMA(params)
+            ema = AdaptiveEMA(params, trace=trace_ema)
         elif cfg.ema_kind == "fixed":
             ema = FixedEMA(params, beta=cfg.ema_beta)
         losses: list[torch.Tensor] = []
@@ -230,7 +237,10 @@ def tune(
             out_dir.mkdir(parents=True, exist_ok=True)
             accelerator.unwrap_model(model).save_pretrained(out_dir)
             (out_dir / "run_record.json").write_text(json.dumps(record, indent=1))
-        return TuneResult(out_dir, record)
+        trace = None
+        if trace_ema:
+            trace = {**ema.trace(), "names": [n for n, _ in named]}
+        return TuneResult(out_dir, record, trace)
     finally:
         accelerator.free_memory()
         peft_model.unload()  # removes the LoRA layers: the base model is left as it was

@@ -26,15 +26,23 @@ class ReleasedLoopReference:
         self.ema: dict[int, torch.Tensor] = {}
         self.g_prev: dict[int, torch.Tensor] = {}
         self.alphas: list[float] = []
+        # (a, b, c) per tensor; b and c NaN where the rule cannot use them (no g or no g₋)
+        self.norms: list[tuple[float, float, float]] = []
 
     @torch.no_grad()
     def update(self) -> None:
-        self.alphas = []
+        self.alphas, self.norms = [], []
         for n, p in enumerate(self.params):
             theta = p.detach().float()
             if n not in self.ema:
                 self.ema[n] = theta.clone()
             g = None if p.grad is None else p.grad.detach().float()
+            a = float(torch.norm(theta - self.ema[n], p=1))
+            b = c = math.nan
+            if g is not None and n in self.g_prev:
+                b = float(torch.norm(g, p=1))
+                c = float(torch.norm(g - self.g_prev[n], p=1))
+            self.norms.append((a, b, c))
             try:
                 if g is None:
                     raise TypeError("grad is None")
@@ -224,6 +232,59 @@ def test_mixed_dtypes_keep_tracked_order():
     assert ema.fallback_counts().shape == (5,)
 
 
+# -- the trace ------------------------------------------------------------------------------------
+
+def test_trace_records_norms_and_alphas_like_the_reference():
+    fp32, bf16 = make_params(SHAPES[:3], seed=30), make_params(SHAPES[3:], torch.bfloat16, 31)
+    params = [fp32[0], bf16[0], fp32[1], bf16[1], fp32[2]]
+    ema, ref = AdaptiveEMA(params, chunk_numel=50, trace=True), ReleasedLoopReference(params)
+    gen = torch.Generator().manual_seed(32)
+    norms, alphas = [], []
+    for step in range(5):
+        fake_step(params, gen, move=0.3 * (step + 1) ** 2, grad_scale=0.01 * (step + 1))
+        if step == 2:
+            params[3].grad = None
+        ema.update()
+        ref.update()
+        norms.append(ref.norms)
+        alphas.append(ref.alphas)
+    trace = ema.trace()
+    expected = torch.tensor(norms, dtype=torch.float64)  # [steps, tensors, (a, b, c)]
+    for k, name in enumerate("abc"):
+        assert trace[name].shape == (5, len(params))
+        torch.testing.assert_close(trace[name], expected[..., k], rtol=1e-5, atol=1e-7,
+                                   equal_nan=True)
+    want = torch.tensor(alphas, dtype=torch.float64)
+    torch.testing.assert_close(trace["alpha"], want, rtol=1e-5, atol=0)
+    assert torch.equal(trace["fallback"], want == FALLBACK_ALPHA)
+    assert 0 < trace["fallback"].float().mean() < 1  # both branches are exercised
+    assert torch.isnan(trace["c"][0]).all() and torch.isnan(trace["b"][2, 3])  # no g₋ / no g
+    assert torch.isfinite(trace["b"][1:]).sum() == 4 * len(params) - 1
+    raw = 2 * (1 + trace["b"]) / (trace["a"] * trace["c"])
+    torch.testing.assert_close(trace["alpha_raw"], raw, rtol=1e-5, atol=0, equal_nan=True)
+    assert trace["numel"].tolist() == [p.numel() for p in params]
+    assert trace["shapes"] == [tuple(p.shape) for p in params]
+    torch.testing.assert_close(trace["alpha"][-1].float(), ema.last_alphas)
+
+
+def test_trace_is_off_by_default_and_leaves_the_update_unchanged():
+    params_a, params_b = make_params(seed=33), make_params(seed=33)
+    plain, traced = AdaptiveEMA(params_a), AdaptiveEMA(params_b, trace=True)
+    gen_a, gen_b = torch.Generator().manual_seed(34), torch.Generator().manual_seed(34)
+    for _ in range(3):
+        fake_step(params_a, gen_a, move=0.3, grad_scale=0.05)
+        fake_step(params_b, gen_b, move=0.3, grad_scale=0.05)
+        plain.update()
+        traced.update()
+    assert torch.equal(plain.last_alphas, traced.last_alphas)
+    for ea, eb in zip(plain.state_dict()["ema"], traced.state_dict()["ema"]):
+        assert torch.equal(ea, eb)
+    assert all(not g.trace for g in plain._groups)
+    with pytest.raises(RuntimeError, match="trace=True"):
+        plain.trace()
+    assert traced.trace()["a"].shape == (3, len(SHAPES))
+
+
 # -- hand-over, stats, checkpointing ---------------------------------------------------------------
 
 def test_copy_to_default_and_explicit_targets():
@@ -359,9 +420,9 @@ class _OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _steady_state_ops(n_tensors: int, cls=AdaptiveEMA) -> list[str]:
+def _steady_state_ops(n_tensors: int, cls=AdaptiveEMA, **kwargs) -> list[str]:
     params = make_params(shapes=[(6, 5)] * n_tensors, seed=20)
-    ema = cls(params)
+    ema = cls(params, **kwargs)
     gen = torch.Generator().manual_seed(21)
     for _ in range(2):  # first update creates θ* and g₋
         fake_step(params, gen, move=0.3, grad_scale=0.05)
@@ -372,9 +433,10 @@ def _steady_state_ops(n_tensors: int, cls=AdaptiveEMA) -> list[str]:
     return rec.ops
 
 
-@pytest.mark.parametrize("cls", [AdaptiveEMA, FixedEMA])
-def test_update_dispatches_a_fixed_number_of_ops_and_never_reads_a_scalar(cls):
-    few, many = _steady_state_ops(4, cls), _steady_state_ops(24, cls)
+@pytest.mark.parametrize("cls, kwargs", [(AdaptiveEMA, {}), (AdaptiveEMA, {"trace": True}),
+                                         (FixedEMA, {})])
+def test_update_dispatches_a_fixed_number_of_ops_and_never_reads_a_scalar(cls, kwargs):
+    few, many = _steady_state_ops(4, cls, **kwargs), _steady_state_ops(24, cls, **kwargs)
     assert len(few) == len(many), (few, many)  # foreach ops: no per-tensor work in Python
     assert not any("_local_scalar_dense" in op or "item" in op for op in many)
     if cls is AdaptiveEMA:
