@@ -55,3 +55,13 @@ def test_no_environment_read_at_import(monkeypatch):
     assert Settings.from_args([]).port == 7999  # read when called, not when imported
     monkeypatch.delenv("LLACA_PORT")
     assert Settings.from_args([]).port == 7860
+
+
+def test_train_command_from_flag_or_environment():
+    assert Settings.from_args([], env={}).train_command is None  # the worker trains in-process
+    cmd = "accelerate launch --num_processes 4 -m llaca.tune"
+    assert Settings.from_args([], env={"LLACA_TRAIN_COMMAND": cmd}).train_command == cmd
+    assert Settings.from_args(["--train-command", "python -m llaca.tune"], env={"LLACA_TRAIN_COMMAND": cmd}).train_command \
+        == "python -m llaca.tune"
+    with pytest.raises(SettingsError, match="train-command"):
+        Settings.from_args(["--train-command", "accelerate launch 'unclosed"], env={})

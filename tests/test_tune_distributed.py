@@ -90,9 +90,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     runs = {n: tmp_path / f"p{n}" for n in (1, 2)}
     procs = {n: subprocess.Popen(tune_command(n, data, out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for n, out in runs.items()}
-    for n, proc in procs.items():
-        output, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, f"{n} process(es):\n{output[-3000:]}"
+    try:
+        for n, proc in procs.items():  # about 20 s of CPU time in all; generous for a loaded machine
+            output, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{n} process(es):\n{output[-3000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
 
     one = json.loads((runs[1] / "adapter" / "run_record.json").read_text())
     two = json.loads((runs[2] / "adapter" / "run_record.json").read_text())
