@@ -27,7 +27,7 @@ def start_learning_worker(settings, store):
 
     It claims ready buffers from the same store, trains, guards and promotes; the app's
     assistant picks promotions up between answers. Off with ``--no-worker`` /
-    ``LLACA_WORKER=0``, e.g. when the worker runs as its own process on a GPU machine
+    ``LLACA_WORKER=0``, e.g. when the worker runs as its own process on the same host
     (``python -m llaca.worker --data-dir <same dir>``). Returns the worker (or None).
     """
     if not settings.worker:
@@ -38,7 +38,7 @@ def start_learning_worker(settings, store):
     cfg = WorkerConfig(
         data_dir=settings.data_dir, model=settings.model, device=settings.device, method=settings.learn_method,
         steps=settings.learn_steps, margin=settings.guard_margin, idle_ready_seconds=settings.idle_ready or None,
-        threads=settings.worker_threads,
+        threads=settings.worker_threads, train_command=settings.train_command,
     )
     worker, _thread = start_background(cfg, store)
     log.info("learning worker %s started in the background", cfg.worker_id)

@@ -45,7 +45,7 @@ class Workload:
             p.grad = g
 
 
-def llava_lora_shapes(scale: int = 1, rank: int = RANK) -> list[tuple[int, ...]]:
+def llava_lora_shapes(scale: int = 1, rank: int = RANK, projector: bool = True) -> list[tuple[int, ...]]:
     """LoRA A (r×in) and B (out×r) for q,k,v,o,gate,up,down in each layer, then the projector."""
     h, i, v = HIDDEN // scale, INTERMEDIATE // scale, VISION // scale
     projections = [(h, h)] * 4 + [(h, i), (h, i), (i, h)]  # (in, out)
@@ -53,7 +53,8 @@ def llava_lora_shapes(scale: int = 1, rank: int = RANK) -> list[tuple[int, ...]]
     for _ in range(LAYERS):
         for fan_in, fan_out in projections:
             shapes += [(rank, fan_in), (fan_out, rank)]
-    shapes += [(h, v), (h,), (h, h), (h,)]  # mm_projector: Linear(v→h), GELU, Linear(h→h)
+    if projector:
+        shapes += [(h, v), (h,), (h, h), (h,)]  # mm_projector: Linear(v→h), GELU, Linear(h→h)
     return shapes
 
 

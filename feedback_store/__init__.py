@@ -15,7 +15,7 @@ Modules: ``store`` (the FeedbackStore class and its core operations), ``buffers`
 status), ``schema`` (tables and migrations), ``connection`` (per-thread connections,
 transactions), ``images`` (validation, normalisation, atomic files), ``validation``
 (text and JSON checks), ``queries`` (shared lookups), ``records`` (dataclasses),
-``errors`` (exceptions), ``export`` (LLaVA-format and JSONL export), ``__main__`` (CLI).
+``errors`` (exceptions), ``filesystem`` (refusing a network filesystem), ``export`` (LLaVA-format and JSONL export), ``__main__`` (CLI).
 """
 
 from .errors import (
@@ -44,6 +44,7 @@ from .errors import (
     StoreClosedError,
     StoreError,
     UnknownAdapterError,
+    UnsafeFilesystemError,
 )
 from .records import (
     AdapterVersion,
@@ -71,5 +72,5 @@ __all__ = [
     "InvalidParamsError", "InvalidQuestionError", "InvalidTextError", "LeaseLostError",
     "MessageNotFoundError", "NotFoundError", "NothingToTeachError", "SchemaVersionError",
     "SessionNotFoundError", "StoreBusyError", "StoreClosedError", "StoreError",
-    "UnknownAdapterError",
+    "UnknownAdapterError", "UnsafeFilesystemError",
 ]

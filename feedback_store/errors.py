@@ -9,6 +9,7 @@ The hierarchy::
     StoreError
     ├── StoreClosedError
     ├── StoreBusyError
+    ├── UnsafeFilesystemError
     ├── SchemaVersionError
     ├── InvalidInputError (also a ValueError)
     │   ├── InvalidImageError
@@ -46,6 +47,10 @@ class StoreClosedError(StoreError):
 
 class StoreBusyError(StoreError):
     """Another thread or process held the write lock for longer than the timeout."""
+
+
+class UnsafeFilesystemError(StoreError):
+    """The data dir is on a filesystem where SQLite's WAL mode is unsafe (a network filesystem)."""
 
 
 class SchemaVersionError(StoreError):

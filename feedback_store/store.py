@@ -13,8 +13,11 @@ is committed, so a crash can leave at most an unreferenced file, which
 
 One instance may be shared by all threads of a process (each thread gets its own
 SQLite connection); other processes may open the same data dir at the same time.
-WAL mode needs every process on the same host (it uses shared memory); for a data dir
-on a network disk used from several machines pass ``journal_mode="DELETE"``.
+WAL mode needs every process on the same host, on a local disk (it uses shared memory):
+opening a data dir on a network filesystem in WAL mode raises ``UnsafeFilesystemError``
+(``filesystem.py``). ``journal_mode="DELETE"`` opens it anyway, with a warning: the rollback
+journal then depends on the network filesystem's locks, which SQLite's documentation warns
+are often broken.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import filesystem
 from .adapters import AdapterOpsMixin
 from .buffers import BufferOpsMixin
 from .connection import Connections
@@ -89,6 +93,7 @@ class FeedbackStore(BufferOpsMixin, AdapterOpsMixin):
         self.max_claim_attempts = max_claim_attempts
         self._clock = clock
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_filesystem(journal_mode)
         self.db_path = self.data_dir / DB_FILENAME
         self._conns = Connections(
             self.db_path, busy_timeout=busy_timeout, synchronous=synchronous,
@@ -105,6 +110,15 @@ class FeedbackStore(BufferOpsMixin, AdapterOpsMixin):
         (self.data_dir / ADAPTERS_DIR).mkdir(exist_ok=True)
         if applied:
             log.info("feedback store at %s migrated to schema v%d", self.data_dir, applied[-1])
+
+    def _check_filesystem(self, journal_mode: str) -> None:
+        if journal_mode.upper() == "WAL":
+            filesystem.check_data_dir(self.data_dir)
+            return
+        fstype = filesystem.filesystem_type(self.data_dir.resolve(), filesystem.read_mount_table() or "")
+        if filesystem.is_network_filesystem(fstype):
+            log.warning("feedback store at %s is on %s in %s journal mode: safe only if its locks work; "
+                        "use it from one host", self.data_dir, fstype, journal_mode.upper())
 
     # -- lifecycle -------------------------------------------------------------------
 

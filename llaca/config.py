@@ -24,6 +24,7 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --guard-margin    | LLACA_GUARD_MARGIN    | 5 points             |
 | --idle-ready      | LLACA_IDLE_READY      | 900 s (an idle open buffer becomes ready; 0 = never) |
 | --worker-threads  | LLACA_WORKER_THREADS  | 1 on CPU (torch threads of the in-app worker) |
+| --train-command   | LLACA_TRAIN_COMMAND   | none: the worker trains in its own process; e.g. "accelerate launch --num_processes 4 -m llaca.tune" |
 
 (*) When no LLACA_HOST/LLACA_PORT is set, Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT
 are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) works unchanged.
@@ -66,6 +67,7 @@ class Settings:
     guard_margin: float = 5.0
     idle_ready: float = 900.0
     worker_threads: int | None = 1
+    train_command: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -88,6 +90,14 @@ class Settings:
             raise SettingsError("guard-margin and idle-ready must not be negative")
         if self.worker_threads is not None and self.worker_threads < 1:
             raise SettingsError(f"worker-threads must be at least 1, got {self.worker_threads}")
+        if self.train_command is not None:
+            import shlex
+
+            try:
+                if not shlex.split(self.train_command):
+                    raise ValueError("it is empty")
+            except ValueError as e:
+                raise SettingsError(f"train-command {self.train_command!r} is not a usable command: {e}") from None
 
     @property
     def admin_enabled(self) -> bool:
@@ -152,6 +162,7 @@ class Settings:
             guard_margin=as_float(pick(args.guard_margin, "LLACA_GUARD_MARGIN", default=5.0), "guard margin"),
             idle_ready=as_float(pick(args.idle_ready, "LLACA_IDLE_READY", default=900.0), "idle ready"),
             worker_threads=as_int(pick(args.worker_threads, "LLACA_WORKER_THREADS", default=1), "worker threads"),
+            train_command=pick(args.train_command, "LLACA_TRAIN_COMMAND") or None,
         )
 
 
@@ -179,4 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--guard-margin", type=float, help="points an earlier task may lose (default 5; LLACA_GUARD_MARGIN)")
     ap.add_argument("--idle-ready", type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never; LLACA_IDLE_READY)")
     ap.add_argument("--worker-threads", type=int, help="torch threads of the in-app worker on CPU (default 1; LLACA_WORKER_THREADS)")
+    ap.add_argument("--train-command", help="the worker trains through this command, e.g. "
+                    "'accelerate launch --num_processes 4 -m llaca.tune' (default: in-process; LLACA_TRAIN_COMMAND)")
     return ap

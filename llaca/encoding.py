@@ -90,9 +90,16 @@ def encode_supervised(processor, samples: Sequence[VQASample]) -> dict[str, torc
     }
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens, computing logits only where labels are set.
+def answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many answer tokens `answer_loss` averages over in `batch` (a 0-dim tensor, on its device)."""
+    return (batch["labels"][:, 1:] != IGNORE).sum()
 
+
+def answer_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over answer tokens, computing logits only where labels are set.
+
+    `reduction` is "mean" (over the batch's `answer_tokens`) or "sum" (for a caller that divides
+    by a token count of its own, e.g. the whole global batch of a multi-process run).
     `model` is a LlavaForConditionalGeneration (possibly with LoRA layers injected by peft).
     """
     llava = getattr(model, "get_base_model", lambda: model)()
@@ -102,4 +109,4 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     logits = llava.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)

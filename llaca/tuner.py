@@ -8,12 +8,24 @@ chosen method is updated; when the task ends the EMA weights replace the trained
 the EMA is what is saved, served and continued from. The result is a standard peft adapter
 folder plus `run_record.json`.
 
+The same function runs in one process or in N under `accelerate launch` (plain DDP; see
+`llaca.tune` for the command line). Every process draws the same global batches of
+`batch_size` and trains on its own shard of each (`_batches`); the model runs through the DDP
+wrapper (`_AnswerLoss`), so gradients are averaged across processes in `backward`, before
+the optimizer step and before the EMA reads `p.grad`. The loss is a token mean over the
+global batch: each process divides its summed answer-token loss by the all-reduced token
+count (times N, which DDP's averaging undoes), so the gradient does not depend on N or on
+how the answer tokens fall between the shards. AdamW and the EMA then see identical
+gradients on every process and compute the same α and θ*; the record carries a digest per
+process to show it. Only the main process writes the adapter and the record.
+
 Methods: `seq` plain sequential LoRA, `ema` fixed EMA (0.99), `llaca` adaptive EMA (the
 authors' rule); `+replay` variants mix stored samples of earlier tasks into each batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +40,7 @@ from tqdm import tqdm
 
 from .dataset import VQASample
 from .ema import AdaptiveEMA, FixedEMA
-from .encoding import answer_loss, encode_supervised
+from .encoding import answer_loss, answer_tokens, encode_supervised
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +94,7 @@ class TuneResult:
     adapter_dir: Path | None
     record: dict = field(default_factory=dict)
     ema_trace: dict | None = None  # `AdaptiveEMA.trace()` plus "names", when tune(trace_ema=True)
+    rank_trace: dict = field(default_factory=dict)  # this process: its shard's sample ids per micro-batch, digests
 
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, recent loss)
@@ -115,8 +128,20 @@ def _lora_model(base, cfg: TuneConfig, init_adapter: Path | None):
     return model
 
 
-def _batches(samples: Sequence[VQASample], replay: Sequence[VQASample], cfg: TuneConfig, total_micro: int):
-    """Seeded epoch-wise shuffling; +replay methods swap a fraction of each batch for replayed samples."""
+def _check_split(cfg: TuneConfig, world: int) -> None:
+    if cfg.batch_size % world:
+        raise TuningError(f"batch size {cfg.batch_size} does not split over {world} processes; "
+                          f"use a multiple of {world}")
+
+
+def _batches(samples: Sequence[VQASample], replay: Sequence[VQASample], cfg: TuneConfig, total_micro: int,
+             rank: int = 0, world: int = 1):
+    """Seeded epoch-wise shuffling; +replay methods swap a fraction of each batch for replayed samples.
+
+    Every process draws the same global batches of `cfg.batch_size` (same seed) and yields its
+    shard: items rank, rank + world, ... of each, so replayed samples spread over the shards.
+    """
+    _check_split(cfg, world)
     rng = random.Random(cfg.seed)
     order: list[int] = []
     n_replay = int(round(cfg.batch_size * cfg.replay_fraction)) if (cfg.uses_replay and replay) else 0
@@ -129,7 +154,47 @@ def _batches(samples: Sequence[VQASample], replay: Sequence[VQASample], cfg: Tun
                 rng.shuffle(order)
             batch.append(samples[order.pop()])
         batch += [replay[rng.randrange(len(replay))] for _ in range(n_replay)]
-        yield batch
+        yield batch[rank::world]
+
+
+class _AnswerLoss(torch.nn.Module):
+    """The summed answer-token loss as a module, so that under DDP the forward runs through the
+    wrapper (`answer_loss` reaches into the LLaVA's parts; called on a bare model, DDP would not
+    prepare its gradient all-reduce)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return answer_loss(self.model, batch, reduction="sum")
+
+
+def _digest(tensors: Sequence[torch.Tensor]) -> str:
+    """sha256 of the tensors' values (fp32 or wider) in order: equal digests, bitwise-equal values."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach()
+        if t.is_floating_point():
+            t = t.to(torch.promote_types(t.dtype, torch.float32))  # numpy has no bf16
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _rank_trace(accelerator, params: Sequence[torch.Tensor], ema, seen: list[list[str]]) -> dict:
+    """What this process trained on and what it ended with, for comparing processes."""
+    state = ema.state_dict() if ema is not None and ema.updates else None
+    alpha = [state["alpha_sum"], state["fallback_count"], state["last_alphas"]] if state else []
+    return {
+        "rank": accelerator.process_index,
+        "micro_batches": len(seen),
+        "samples_seen": sum(len(b) for b in seen),
+        "sample_ids_sha256": hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:16],
+        "params_sha256": _digest(params),  # after the hand-over: θ* where there is an EMA
+        "alpha_sha256": _digest(alpha) if alpha else None,
+        "alpha_sum": state["alpha_sum"].tolist() if state else None,
+        "sample_ids": seen,
+    }
 
 
 def tune(
@@ -152,7 +217,7 @@ def tune(
     into `TuneResult.ema_trace` (for analysis; see benchmarks/alpha_analysis.py).
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
 
     if not samples:
         raise TuningError("no samples to train on")
@@ -164,6 +229,8 @@ def tune(
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(samples) / (cfg.batch_size * cfg.grad_accum)))
+    world = accelerator.num_processes
+    _check_split(cfg, world)
     model = _lora_model(base_model, cfg, init_adapter)
     peft_model = model
     try:
@@ -179,7 +246,9 @@ def tune(
             return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        model, opt, sched = accelerator.prepare(model, opt, sched)
+        # the scheduler is stepped here, once per optimizer step: accelerate's prepared scheduler
+        # steps num_processes times per step (it assumes the global batch grows with N)
+        model, opt = accelerator.prepare(_AnswerLoss(model), opt)
         model.train()
         ema = None
         if cfg.ema_kind == "adaptive":
@@ -187,14 +256,20 @@ def tune(
         elif cfg.ema_kind == "fixed":
             ema = FixedEMA(params, beta=cfg.ema_beta)
         losses: list[torch.Tensor] = []
+        seen: list[list[str]] = []
         t0 = time.perf_counter()
         step = 0
         bar = tqdm(total=steps, desc=f"tune {cfg.method}", disable=not show_progress, mininterval=2)
-        for batch_samples in _batches(samples, replay, cfg, steps * cfg.grad_accum):
+        for batch_samples in _batches(samples, replay, cfg, steps * cfg.grad_accum,
+                                      accelerator.process_index, world):
+            seen.append([s.id for s in batch_samples])
             batch = {k: v.to(accelerator.device) for k, v in encode_supervised(processor, batch_samples).items()}
+            # the global batch's answer tokens (one small all-reduce, no host sync); × world
+            # because DDP averages the gradients over the processes
+            global_tokens = accelerator.reduce(answer_tokens(batch), reduction="sum")
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = answer_loss(model, batch)
+                    loss = model(batch) * world / global_tokens
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -214,7 +289,10 @@ def tune(
         seconds = time.perf_counter() - t0
         if ema is not None:
             ema.copy_to(params)  # the EMA is what is saved, served and continued from
-        loss_curve = torch.stack(losses).float().cpu()
+        # each process's loss is its shard's share × world: the mean over processes is the global loss
+        loss_curve = accelerator.reduce(torch.stack(losses).float(), reduction="mean").cpu()
+        rank_trace = _rank_trace(accelerator, params, ema, seen)
+        ranks = gather_object([{k: v for k, v in rank_trace.items() if k not in ("sample_ids", "alpha_sum")}])
         record = {
             "method": cfg.method,
             "config": asdict(cfg),
@@ -229,18 +307,21 @@ def tune(
             "trainable_tensors": len(params),
             "ema": ema.stats() if ema is not None else None,
             "mixed_precision": mp,
-            "num_processes": accelerator.num_processes,
+            "num_processes": world,
+            "global_batch": cfg.batch_size * cfg.grad_accum,  # samples per optimizer step, over all processes
+            "per_process_batch": cfg.batch_size // world,  # per micro-batch
+            "loss": "answer-token mean over the global batch",
+            "ranks": ranks,
+            "ranks_agree": len({(r["params_sha256"], r["alpha_sha256"]) for r in ranks}) == 1,
             "library_versions": library_versions(),
         }
         if out_dir is not None and accelerator.is_main_process:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            accelerator.unwrap_model(model).save_pretrained(out_dir)
+            peft_model.save_pretrained(out_dir)
             (out_dir / "run_record.json").write_text(json.dumps(record, indent=1))
-        trace = None
-        if trace_ema:
-            trace = {**ema.trace(), "names": [n for n, _ in named]}
-        return TuneResult(out_dir, record, trace)
+        ema_trace = {**ema.trace(), "names": [n for n, _ in named]} if trace_ema else None
+        return TuneResult(out_dir, record, ema_trace=ema_trace, rank_trace=rank_trace)
     finally:
         accelerator.free_memory()
         peft_model.unload()  # removes the LoRA layers: the base model is left as it was

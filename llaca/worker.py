@@ -4,8 +4,13 @@ Runs as a background thread inside the app (default) or as its own process:
 
     python -m llaca.worker --data-dir DIR [--model models/llava-tiny] [--device cuda]
 
-It shares nothing with the app but the data directory (the store and `adapters/`), so the
-app can serve on one machine while the worker trains on a GPU machine. A buffer is held by
+It shares nothing with the app but the data directory (the store and `adapters/`), which must
+be on a local disk of the one host that runs both (SQLite's WAL needs shared memory on one
+host; the store refuses a network filesystem). Training can still use many GPUs: with a
+training command (`--train-command "accelerate launch --num_processes 4 -m llaca.tune"`,
+LLACA_TRAIN_COMMAND) the worker writes the buffer's training set as a LLaVA-format folder
+under `DATA_DIR/training/`, runs the command (`llaca.tune.run_command`), and then guards and
+promotes its adapter as it does one trained in-process (the default). A buffer is held by
 a lease that a heartbeat renews while training; if the worker dies, the lease expires and
 the buffer is trained again. Adapters are published atomically (`adapter_files.publish`)
 and only then marked current, so a crash never exposes a half-written version.
@@ -17,8 +22,10 @@ import argparse
 import logging
 import os
 import random
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -33,16 +40,38 @@ from .evaluate import adapter_applied
 from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
 from .liveness import HEARTBEAT_SECONDS, STOPPED
 from .model import DEFAULT_MODEL, LoadedModel, load_model
-from .tuner import TuneConfig, library_versions, tune
+from .tune import run_command
+from .tuner import TuneConfig, TuneResult, library_versions, tune
 
 log = logging.getLogger(__name__)
 
 
 MIN_ITEMS_TO_HOLD_OUT = 3  # a smaller buffer is judged on the corrections it trained on
+TRAINING_DIR = "training"
 
 
 class LeaseLost(RuntimeError):
     """Another worker took this buffer over (our lease expired); abandon the run."""
+
+
+def sweep_training_dirs(training_dir: Path) -> list[Path]:
+    """Remove training-set folders left by a worker process that no longer runs (named `…-pid<N>-…`)."""
+    removed = []
+    for p in Path(training_dir).glob("*-pid*-*"):
+        try:
+            pid = int(p.name.split("-pid", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its worker is alive (one host owns the data dir, so pids are comparable)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 @dataclass
@@ -65,6 +94,7 @@ class WorkerConfig:
     probe_data: list[Path] = field(default_factory=list)
     replay_per_buffer: int = 16
     seed: int = 0
+    train_command: str | None = None  # e.g. "accelerate launch --num_processes 4 -m llaca.tune"; None: in-process
     crash_at: str | None = None  # fault injection for crash tests: SIGKILL self at a named point
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -86,6 +116,7 @@ class LearningWorker:
         self.store = store or FeedbackStore(cfg.data_dir)
         self.adapters_dir = Path(cfg.data_dir) / "adapters"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self.training_dir = Path(cfg.data_dir) / TRAINING_DIR  # training sets written for a training command
         self._lm = lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
@@ -165,6 +196,7 @@ class LearningWorker:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         sweep_staging(self.adapters_dir)
+        sweep_training_dirs(self.training_dir)
         self.state("idle")
         try:
             while not self.stop.is_set():
@@ -302,8 +334,7 @@ class LearningWorker:
             self.state("training", buffer=buffer.id, step=step, total=total, loss=round(loss, 4))
 
         t0 = time.perf_counter()
-        result = tune(self.lm.model, self.lm.processor, train, tcfg, init_adapter=parent_path, out_dir=stage,
-                      replay=replay, progress=progress)
+        result = self._train(buffer.id, train, replay, tcfg, parent_path, stage, progress)
         self.state("evaluating", buffer=buffer.id)
         cand = self._eval_adapter(stage, sets)
         cur = self._eval_adapter(parent_path, sets)
@@ -328,6 +359,18 @@ class LearningWorker:
         self.state("rejected", buffer=buffer.id, version=version, reason=report.reason)
         log.info("rejected %s from buffer %s: %s", version, buffer.id, report.reason)
         return "rejected"
+
+    def _train(self, buffer_id: int, train, replay, tcfg: TuneConfig, init: Path | None, stage: Path,
+               progress) -> TuneResult:
+        """Train in this process (default) or through the configured training command."""
+        if not self.cfg.train_command:
+            return tune(self.lm.model, self.lm.processor, train, tcfg, init_adapter=init, out_dir=stage,
+                        replay=replay, progress=progress)
+        self.training_dir.mkdir(parents=True, exist_ok=True)
+        env = {"OMP_NUM_THREADS": str(self.cfg.threads)} if self.cfg.threads else None
+        with tempfile.TemporaryDirectory(prefix=f"buffer{buffer_id}-pid{os.getpid()}-", dir=self.training_dir) as work:
+            return run_command(self.cfg.train_command, train, tcfg, model=self.cfg.model, out_dir=stage,
+                               work_dir=Path(work), init_adapter=init, replay=replay, progress=progress, env=env)
 
     def _publish(self, stage: Path) -> tuple[str, Path]:
         """Name the next version and move the staged folder there (another worker may race us)."""
@@ -364,7 +407,8 @@ class LearningWorker:
         return {
             "buffer": buffer.id, "session": buffer.session_id, "tasks": tasks, "matrix": rows, "row_labels": labels,
             "forgetting": forgetting, "guard": report.to_dict(), "seconds": round(seconds, 1),
-            "tune": {k: record.get(k) for k in ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool")},
+            "tune": {k: record.get(k) for k in ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool",
+                                                "num_processes", "global_batch")},
         }
 
 
@@ -401,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe-data", type=Path, nargs="*", default=[],
                     help="LLaVA-format folders of base probes (default: synthetic colour and shape probes)")
     ap.add_argument("--probe-n", type=int, default=d.probe_n, help=f"synthetic probe samples per base family (default {d.probe_n})")
+    ap.add_argument("--train-command", default=os.environ.get("LLACA_TRAIN_COMMAND") or None,
+                    help="train through this command, e.g. 'accelerate launch --num_processes 4 -m llaca.tune' "
+                         "(default: $LLACA_TRAIN_COMMAND, else in this process)")
     ap.add_argument("--once", action="store_true", help="handle at most one ready buffer, then exit")
     ap.add_argument("--crash-at", default=None, help=argparse.SUPPRESS)  # crash tests only
     return ap
@@ -413,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = WorkerConfig(args.data_dir, args.model, args.device, args.method, args.steps, args.lr, margin=args.margin,
                        lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data,
-                       crash_at=args.crash_at, probe_n=args.probe_n, idle_ready_seconds=args.idle_ready or None)
+                       crash_at=args.crash_at, probe_n=args.probe_n, idle_ready_seconds=args.idle_ready or None,
+                       train_command=args.train_command)
     worker = LearningWorker(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops cleanly, like Ctrl+C
     try:
@@ -421,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.threads:
                 torch.set_num_threads(args.threads)
             sweep_staging(worker.adapters_dir)
+            sweep_training_dirs(worker.training_dir)
             worker.run_once()
         else:
             worker.run()

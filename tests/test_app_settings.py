@@ -63,3 +63,13 @@ def test_every_flag_names_its_variable():
     for action in build_parser()._actions:
         if action.dest != "help":
             assert "LLACA_" in (action.help or ""), f"--{action.dest.replace('_', '-')} does not name its LLACA_* variable"
+
+
+def test_train_command_from_flag_or_environment():
+    assert Settings.from_args([], env={}).train_command is None  # the worker trains in-process
+    cmd = "accelerate launch --num_processes 4 -m llaca.tune"
+    assert Settings.from_args([], env={"LLACA_TRAIN_COMMAND": cmd}).train_command == cmd
+    assert Settings.from_args(["--train-command", "python -m llaca.tune"], env={"LLACA_TRAIN_COMMAND": cmd}).train_command \
+        == "python -m llaca.tune"
+    with pytest.raises(SettingsError, match="train-command"):
+        Settings.from_args(["--train-command", "accelerate launch 'unclosed"], env={})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ import pytest
 
 from feedback_store import FeedbackStore
 from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
+from llaca.tune import TrainingCommandError
 from llaca.evaluate import adapter_applied, evaluate
 from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
-from llaca.worker import LearningWorker, WorkerConfig
+from llaca.worker import LearningWorker, WorkerConfig, sweep_training_dirs
 from llaca.world.build import heldout
 from tests.conftest import ROOT, TINY
 from tests.worker_helpers import teach
@@ -159,3 +161,53 @@ def test_sigkill_during_promotion_never_serves_a_broken_version(tmp_path, point)
     buf = store.get_buffer(buffer_id)
     assert buf.status == "trained"
     assert is_complete(Path(store.current_adapter().path))
+
+
+@pytest.mark.slow
+def test_trains_through_a_training_command(tiny, tmp_path, monkeypatch):
+    """The worker writes the training set, runs `python -m llaca.tune` as a subprocess, and
+    guards and promotes its adapter as one trained in-process."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    store = FeedbackStore(tmp_path)
+    _, buffer_id = teach(store, "position", 12, seed=5)
+    cfg = WorkerConfig(tmp_path, model=str(TINY), steps=20, lr=1e-3, probe_n=12, margin=100, threads=1,
+                       train_command=f"{sys.executable} -m llaca.tune")
+    worker = LearningWorker(cfg, store, lm=tiny)
+    seen = []
+    worker.state = lambda state, **detail: seen.append((state, detail))  # progress reaches the worker state
+    assert worker.run_once()
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "trained", buf.reason
+    cur = store.current_adapter()
+    assert cur.version == buf.adapter_version and is_complete(Path(cur.path))
+    record = json.loads((Path(cur.path) / "run_record.json").read_text())
+    assert record["num_processes"] == 1 and record["steps"] == 20 and record["samples"] == 10  # 2 held out
+    assert cur.metrics["tune"]["num_processes"] == 1 and cur.metrics["tune"]["global_batch"] == record["global_batch"]
+    steps = [d for state, d in seen if state == "training" and "step" in d]
+    assert [(d["step"], d["total"]) for d in steps] == [(0, 20), (10, 20), (20, 20)] and steps[-1]["loss"] > 0
+    assert list((tmp_path / "training").iterdir()) == []  # the training set is removed afterwards
+
+
+@pytest.mark.slow
+def test_a_failing_training_command_leaves_the_buffer_to_its_lease(tiny, tmp_path):
+    store = FeedbackStore(tmp_path)
+    _, buffer_id = teach(store, "position", 4, seed=6)
+    cfg = WorkerConfig(tmp_path, model=str(TINY), steps=2, probe_n=4,
+                       train_command=f"{sys.executable} -m llaca.tune --no-such-flag")
+    worker = LearningWorker(cfg, store, lm=tiny)
+    with pytest.raises(TrainingCommandError, match="exited with status 2"):
+        worker.run_once()
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "training" and buf.lease_until > time.time()  # back to the queue when the lease expires
+    assert store.list_adapters() == [] and store.current_adapter() is None
+    assert list((tmp_path / "training").iterdir()) == []
+
+
+def test_training_dirs_of_dead_workers_are_swept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f"buffer1-pid{os.getpid()}-abc"
+    gone = tmp_path / f"buffer2-pid{dead.pid}-def"
+    for p in (mine, gone):
+        p.mkdir()
+    assert sweep_training_dirs(tmp_path) == [gone] and mine.exists() and not gone.exists()
