@@ -18,29 +18,20 @@ import random
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .dataset import VQASample, read_folder
+from .continual import METHODS, Task, check_methods, run_method
+from .dataset import read_folder
 from .evaluate import adapter_applied, evaluate
-from .metrics import forgetting_per_task, summarize
 from .model import DEFAULT_MODEL, load_model
-from .tuner import METHODS, TuneConfig, tune
+from .tuner import TuneConfig
 from .world.build import heldout
 from .world.families import BASE_FAMILIES, CONTINUAL_SEQUENCE
 
 log = logging.getLogger("llaca.bench")
 QUICK_TASKS = ("count", "position", "letter")
-
-
-@dataclass
-class Task:
-    name: str
-    train: list[VQASample]
-    test: list[VQASample]
 
 
 def synthetic_tasks(names, train_n: int, eval_n: int, seed: int) -> list[Task]:
@@ -66,49 +57,13 @@ def folder_tasks(data: list[Path], eval_data: list[Path] | None, eval_n: int, se
     return tasks
 
 
-def _eval_with_adapter(lm, adapter: Path | None, sets: list[list[VQASample]]) -> list[float]:
-    with adapter_applied(lm.model, adapter) as model:
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _zero_shot(lm, sets) -> list[float]:
+    with adapter_applied(lm.model, None) as model:
         return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
-
-
-def run_method(lm, method: str, tasks: list[Task], base_sets: dict[str, list[VQASample]], args, work: Path) -> dict:
-    t0 = time.perf_counter()
-    matrix: list[list[float]] = []
-    records = []
-    adapter: Path | None = None
-    # +replay methods keep a few stored samples of what came before: base-family samples drawn
-    # apart from the evaluation sets (other seeds), then each finished task's training samples
-    replay_pool: list[VQASample] = (
-        [s for k, b in enumerate(base_sets) for s in heldout(b, args.replay_per_task, seed=args.seed * 1000 + 950 + k)]
-        if "replay" in method else []
-    )
-    for j, task in enumerate(tasks):
-        cfg = TuneConfig(method=method, steps=args.steps, epochs=args.epochs or 1.0, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed + j)
-        if args.epochs:
-            cfg.steps = None
-        out = work / method / f"{j:02d}-{task.name}"
-        res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapter, out_dir=out, replay=replay_pool)
-        adapter = out
-        records.append(res.record)
-        row = _eval_with_adapter(lm, adapter, [t.test for t in tasks])
-        matrix.append(row)
-        log.info("%s after %s: %s", method, task.name, row)
-        if "replay" in method:
-            replay_pool += task.train[: args.replay_per_task]
-    base_after = dict(zip(base_sets, _eval_with_adapter(lm, adapter, list(base_sets.values()))))
-    m = summarize(matrix)
-    alphas = [r["ema"]["alpha_mean"] for r in records if r.get("ema")]
-    fallbacks = [r["ema"]["fallback_fraction"] for r in records if r.get("ema")]
-    return {
-        "avg_acc": round(m.avg_acc, 2), "forgetting": round(m.forgetting, 2), "bwt": round(m.bwt, 2),
-        "new_acc": round(m.new_acc, 2), "matrix": matrix,
-        "forgetting_per_task": [round(f, 2) for f in forgetting_per_task(matrix)],
-        "base_after": base_after, "seconds": round(time.perf_counter() - t0, 1),
-        "train_seconds": round(sum(r["seconds"] for r in records), 1),
-        "alpha_mean": round(sum(alphas) / len(alphas), 5) if alphas else None,
-        "fallback_fraction": round(sum(fallbacks) / len(fallbacks), 4) if fallbacks else None,
-    }
 
 
 def markdown(result: dict) -> str:
@@ -122,37 +77,50 @@ def markdown(result: dict) -> str:
     lines.append("| (start) | | | | | " + " | ".join(f"{v:.1f}" for v in result["base_before"].values()) + " | |")
     for name, r in result["methods"].items():
         base = " | ".join(f"{r['base_after'][b]:.1f}" for b in result["base_before"])
-        lines.append(f"| {name} | {r['avg_acc']:.1f} | {r['forgetting']:.1f} | {r['bwt']:.1f} | {r['new_acc']:.1f} | {base} | {r['train_seconds']:.0f} |")
+        cells = [_num(r[k]) for k in ("avg_acc", "forgetting", "bwt", "new_acc")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {base} | {r['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llaca.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--methods", default="seq,ema,llaca")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub id (default: {DEFAULT_MODEL})")
+    ap.add_argument("--methods", default="seq,ema,llaca",
+                    help=f"comma-separated, from: {', '.join(METHODS)} (default: seq,ema,llaca)")
     ap.add_argument("--data", nargs="+", type=Path, help="LLaVA-format folders, one per task, in order")
     ap.add_argument("--eval-data", nargs="+", type=Path, help="held-out folders in the same order (default: split of --data)")
-    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per task (same for every method)")
-    ap.add_argument("--epochs", type=float, default=None, help="epochs per task instead of --steps")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--train-n", type=int, default=400, help="synthetic training samples per task")
-    ap.add_argument("--eval-n", type=int, default=100, help="held-out samples per task")
-    ap.add_argument("--replay-per-task", type=int, default=16, help="stored samples per earlier task for +replay methods")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per task, the same for every method (default: 200)")
+    ap.add_argument("--epochs", type=float, default=None, help="epochs per task instead of --steps (default: unset)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    ap.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (default: 16)")
+    ap.add_argument("--train-n", type=int, default=400, help="synthetic training samples per task (default: 400)")
+    ap.add_argument("--eval-n", type=int, default=100, help="held-out samples per task (default: 100)")
+    ap.add_argument("--replay-per-task", type=int, default=16, help="stored samples kept per finished task for the replay methods and per group for llaca+groups (default: 16)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data, order and initialisation (default: 0)")
     ap.add_argument("--quick", action="store_true", help=f"3 tasks ({', '.join(QUICK_TASKS)}), fewer steps: minutes, for CI")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/bench"))
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", type=Path, default=None, help="where to write the JSON result (default: OUT/bench.json)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/bench"),
+                    help="folder for bench.md and bench.png (default: benchmarks/out/bench)")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="combine result files of the same tasks and settings (e.g. one process per method) "
+                         "into one result, table and plot under --out; runs nothing")
     args = ap.parse_args(argv)
+    if args.merge:
+        try:
+            result = merge_results([json.loads(p.read_text()) for p in args.merge])
+        except ValueError as e:
+            ap.error(str(e))
+        return write_outputs(result, args.json or args.out / "bench.json", args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        ap.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    try:
+        check_methods(methods)
+    except ValueError as e:
+        ap.error(str(e))
     if args.quick:
         args.steps, args.train_n, args.eval_n = min(args.steps, 120), min(args.train_n, 200), min(args.eval_n, 60)
 
@@ -162,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tasks = synthetic_tasks(QUICK_TASKS if args.quick else CONTINUAL_SEQUENCE, args.train_n, args.eval_n, args.seed)
     base_sets = {b: heldout(b, args.eval_n, seed=args.seed * 1000 + 900 + k) for k, b in enumerate(BASE_FAMILIES)}
-    base_before = dict(zip(base_sets, _eval_with_adapter(lm, None, list(base_sets.values()))))
-    zero_shot = _eval_with_adapter(lm, None, [t.test for t in tasks])
+    base_before = dict(zip(base_sets, _zero_shot(lm, list(base_sets.values()))))
+    zero_shot = _zero_shot(lm, [t.test for t in tasks])
+    # +replay methods keep a few stored samples of what came before: base-family samples drawn
+    # apart from the evaluation sets (other seeds), then each finished task's training samples
+    base_replay = [s for k, b in enumerate(base_sets) for s in heldout(b, args.replay_per_task, seed=args.seed * 1000 + 950 + k)]
     work = Path(tempfile.mkdtemp(prefix="llaca-bench-"))
     result = {
         "tasks": [t.name for t in tasks], "model": args.model, "zero_shot": zero_shot, "base_before": base_before,
@@ -174,20 +145,44 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for m in methods:
-            result["methods"][m] = run_method(lm, m, tasks, base_sets, args, work)
+            template = TuneConfig(method="seq", steps=None if args.epochs else args.steps, epochs=args.epochs or 1.0,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+            result["methods"][m] = run_method(lm, m, tasks, base_sets, template, work, args.replay_per_task, base_replay)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.json or args.out / "bench.json"
+    return write_outputs(result, args.json or args.out / "bench.json", args.out)
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from several runs of the same tasks and settings (e.g. one process per method)."""
+    first = results[0]
+    keys = ("tasks", "model", "settings")
+    for r in results[1:]:
+        for k in keys:
+            a = {x: y for x, y in r[k].items() if x != "threads"} if k == "settings" else r[k]
+            b = {x: y for x, y in first[k].items() if x != "threads"} if k == "settings" else first[k]
+            if a != b:
+                raise ValueError(f"cannot merge runs with different {k}: {b} vs {a}")
+    merged = {**first, "methods": {}}
+    for r in results:
+        for m, v in r["methods"].items():
+            if m in merged["methods"]:
+                raise ValueError(f"method {m} appears in more than one result")
+            merged["methods"][m] = v
+    return merged
+
+
+def write_outputs(result: dict, json_path: Path, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
     table = markdown(result)
-    (args.out / "bench.md").write_text(table)
+    (out / "bench.md").write_text(table)
     from .plots import benchmark_figure, save
 
-    save(benchmark_figure(result["tasks"], result["methods"]), args.out / "bench.png")
+    save(benchmark_figure(result["tasks"], result["methods"]), out / "bench.png")
     print(table)
-    print(f"wrote {json_path}, {args.out / 'bench.md'}, {args.out / 'bench.png'}")
+    print(f"wrote {json_path}, {out / 'bench.md'}, {out / 'bench.png'}")
     return 0
 
 

@@ -34,10 +34,16 @@ def benchmark_figure(tasks: Sequence[str], results: Mapping[str, Mapping]) -> Fi
     fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3.6 * (len(methods) + 1), 3.8), constrained_layout=True)
     for ax, m in zip(axes, methods):
         r = results[m]
-        matrix_heatmap(ax, r["matrix"], tasks, f"{m}: avg {r['avg_acc']:.1f}, forg. {r['forgetting']:.1f}")
+        forgetting = "n/a" if r.get("forgetting") is None else f"{r['forgetting']:.1f}"
+        matrix_heatmap(ax, r["matrix"], tasks, f"{m}: avg {r['avg_acc']:.1f}, forg. {forgetting}")
+        if len(r["matrix"]) == 1 and len(tasks) > 1:  # joint training: one row, after all tasks at once
+            ax.set_yticks([0], ["after all (joint)"], fontsize=7)
     curve_ax = axes[-1]
     for m in methods:
         mat = results[m]["matrix"]
+        if len(mat) == 1 and len(tasks) > 1:
+            curve_ax.axhline(results[m]["avg_acc"], linestyle="--", color="grey", label=f"{m} (all tasks)")
+            continue
         seen = [sum(mat[j][: j + 1]) / (j + 1) for j in range(len(mat))]
         curve_ax.plot(range(1, len(seen) + 1), seen, marker="o", label=m)
     curve_ax.set_xticks(range(1, len(tasks) + 1), tasks, rotation=45, ha="right", fontsize=7)

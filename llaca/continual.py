@@ -1,0 +1,156 @@
+"""Continual methods: how each one runs a sequence of tasks from the same base model.
+
+Every method gets the same budget per task (optimizer steps, learning rate, LoRA rank, batch
+size: one `TuneConfig` template) and returns the accuracy matrix R[j][i] (accuracy on task i
+after task j, all tasks scored after every task) plus the base-family accuracy at the end.
+
+- `seq`, `ema`, `llaca`: one served LoRA, continued task after task with the tuner's rule
+  (`llaca` is the authors' released rule, unchanged).
+- `seq+replay`, `llaca+replay`: the same, with stored samples of earlier tasks (and of the
+  base families) mixed into every batch: the corrections users made are the replay memory.
+- `llaca+groups` (the paper's ICML version): an instruction codebook (`llaca.groups`) sends
+  each task to the group its instructions match. A matched group's LoRA is trained further
+  with the dynamic EMA plus replay of that group's own earlier samples; a new group's LoRA is
+  trained fresh from the base model, without the EMA. Evaluation is routed: every question
+  goes to its group's adapter, or to the base model when it matches no group.
+- `joint`: all tasks' data at once with the summed budget (steps x tasks): the upper bound.
+  Its matrix is its single final row; forgetting, BWT and new-task accuracy do not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .dataset import VQASample
+from .evaluate import adapter_applied, evaluate
+from .metrics import forgetting_per_task, summarize
+from .tuner import METHODS as TUNER_METHODS
+from .tuner import TuneConfig, tune
+
+log = logging.getLogger(__name__)
+
+GROUPS, JOINT = "llaca+groups", "joint"
+METHODS: tuple[str, ...] = (*TUNER_METHODS, GROUPS, JOINT)
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[VQASample]
+    test: list[VQASample]
+
+
+def check_methods(names: Sequence[str]) -> list[str]:
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    return list(names)
+
+
+def _scores(lm, adapter: Path | None, sets: Sequence[Sequence[VQASample]]) -> list[float]:
+    with adapter_applied(lm.model, adapter) as model:
+        return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
+
+
+def _summary(matrix: list[list[float]], base_after: dict, records: list[dict], t0: float) -> dict:
+    if len(matrix) == 1 and len(matrix[0]) > 1:  # joint: one final row
+        m = {"avg_acc": round(sum(matrix[0]) / len(matrix[0]), 2), "forgetting": None, "bwt": None,
+             "new_acc": None, "forgetting_per_task": None}
+    else:
+        s = summarize(matrix)
+        m = {"avg_acc": round(s.avg_acc, 2), "forgetting": round(s.forgetting, 2), "bwt": round(s.bwt, 2),
+             "new_acc": round(s.new_acc, 2), "forgetting_per_task": [round(f, 2) for f in forgetting_per_task(matrix)]}
+    alphas = [r["ema"]["alpha_mean"] for r in records if r.get("ema")]
+    fallbacks = [r["ema"]["fallback_fraction"] for r in records if r.get("ema")]
+    return {
+        **m, "matrix": matrix, "base_after": base_after, "seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(sum(r["seconds"] for r in records), 1),
+        "alpha_mean": round(sum(alphas) / len(alphas), 5) if alphas else None,
+        "fallback_fraction": round(sum(fallbacks) / len(fallbacks), 4) if fallbacks else None,
+    }
+
+
+def run_method(lm, method: str, tasks: Sequence[Task], base_sets: Mapping[str, list[VQASample]],
+               template: TuneConfig, work: Path, replay_per_task: int = 16,
+               base_replay: Sequence[VQASample] = ()) -> dict:
+    """Run `method` over `tasks` from the base model; adapters go under `work/method/`."""
+    check_methods([method])
+    work = Path(work) / method.replace("+", "_")
+    if method == JOINT:
+        return _run_joint(lm, tasks, base_sets, template, work)
+    if method == GROUPS:
+        return _run_groups(lm, tasks, base_sets, template, work, replay_per_task)
+    return _run_sequential(lm, method, tasks, base_sets, template, work, replay_per_task, base_replay)
+
+
+def _run_sequential(lm, method, tasks, base_sets, template, work, replay_per_task, base_replay) -> dict:
+    t0 = time.perf_counter()
+    matrix, records = [], []
+    adapter: Path | None = None
+    uses_replay = method.endswith("+replay")
+    replay_pool = list(base_replay) if uses_replay else []
+    for j, task in enumerate(tasks):
+        cfg = replace(template, method=method, seed=template.seed + j)
+        out = work / f"{j:02d}-{task.name}"
+        res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapter, out_dir=out, replay=replay_pool)
+        adapter = out
+        records.append(res.record)
+        matrix.append(_scores(lm, adapter, [t.test for t in tasks]))
+        log.info("%s after %s: %s", method, task.name, matrix[-1])
+        if uses_replay:
+            replay_pool += task.train[:replay_per_task]
+    base_after = dict(zip(base_sets, _scores(lm, adapter, list(base_sets.values()))))
+    return _summary(matrix, base_after, records, t0)
+
+
+def _run_joint(lm, tasks, base_sets, template, work) -> dict:
+    t0 = time.perf_counter()
+    pooled = [s for t in tasks for s in t.train]
+    random.Random(template.seed).shuffle(pooled)
+    steps = (template.steps or 0) * len(tasks) or None
+    cfg = replace(template, method="seq", steps=steps, epochs=template.epochs * len(tasks) if steps is None else template.epochs)
+    res = tune(lm.model, lm.processor, pooled, cfg, out_dir=work / "all")
+    row = _scores(lm, work / "all", [t.test for t in tasks])
+    base_after = dict(zip(base_sets, _scores(lm, work / "all", list(base_sets.values()))))
+    return _summary([row], base_after, [res.record], t0)
+
+
+def _run_groups(lm, tasks, base_sets, template, work, replay_per_task) -> dict:
+    from .groups import InstructionCodebook
+    from .routed import evaluate_routed
+
+    t0 = time.perf_counter()
+    codebook = InstructionCodebook()
+    adapters: dict[str, Path] = {}
+    pools: dict[str, list[VQASample]] = {}
+    matrix, records, assignment = [], [], []
+    for j, task in enumerate(tasks):
+        instructions = [s.question for s in task.train]
+        group, score = codebook.match(instructions)
+        out = work / f"{j:02d}-{task.name}"
+        if group is None:  # a new group: fresh parameters, plain LoRA (no EMA), as the released scripts
+            group = codebook.add(instructions)
+            cfg = replace(template, method="seq", seed=template.seed + j)
+            res = tune(lm.model, lm.processor, task.train, cfg, out_dir=out)
+        else:  # retrain the matched group with the dynamic EMA and replay of its own earlier samples
+            codebook.add(instructions, group)
+            cfg = replace(template, method="llaca+replay", seed=template.seed + j)
+            res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapters[group], out_dir=out,
+                       replay=pools[group])
+        adapters[group] = out
+        pools.setdefault(group, []).extend(task.train[:replay_per_task])
+        records.append(res.record)
+        assignment.append({"task": task.name, "group": group, "match_score": round(float(score), 3)})
+        routed = evaluate_routed(lm.model, lm.processor, adapters, codebook.route, [t.test for t in tasks])
+        matrix.append([r["accuracy"] for r in routed])
+        log.info("%s after %s (group %s): %s", GROUPS, task.name, group, matrix[-1])
+    base = evaluate_routed(lm.model, lm.processor, adapters, codebook.route, list(base_sets.values()))
+    result = _summary(matrix, {b: r["accuracy"] for b, r in zip(base_sets, base)}, records, t0)
+    result["groups"] = assignment
+    result["base_routes"] = {b: r["routes"] for b, r in zip(base_sets, base)}
+    return result
