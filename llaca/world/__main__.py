@@ -96,8 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         from .build import heldout
 
         lm = load_model(args.model, device=args.device)
-        res = evaluate(lm.model, lm.processor, heldout(args.family, args.n, seed=args.seed, size=args.size))
+        samples = heldout(args.family, args.n, seed=args.seed, size=args.size)
+        res = evaluate(lm.model, lm.processor, samples)
         print(f"{args.family}: {res.accuracy:.1f}% of {res.n} ({args.model})")
+        if args.family == "describe":
+            from ..evaluate import caption_object_score
+
+            score = sum(caption_object_score(p, s.answer) for p, s in zip(res.predictions, samples)) / len(samples)
+            print(f"describe, object by object (name and quadrant): {100 * score:.1f}%")
     return 0
 
 
