@@ -31,3 +31,32 @@ def test_bench_quick_writes_json_table_and_plot(tmp_path):
     assert result["methods"]["llaca"]["alpha_mean"] is not None
     assert (out / "bench.md").read_text().startswith("Tasks: count, position, letter")
     assert (out / "bench.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_quick_accepts_every_method_and_merges(tmp_path):
+    """Every method runs under --quick (a few steps here, to keep CI short); runs merge into one result."""
+    from llaca.continual import METHODS
+
+    outs = []
+    for k, methods in enumerate((METHODS[:4], METHODS[4:])):
+        out = tmp_path / f"part{k}"
+        r = subprocess.run(
+            [sys.executable, "-m", "llaca.bench", "--quick", "--methods", ",".join(methods), "--steps", "4",
+             "--train-n", "16", "--eval-n", "6", "--replay-per-task", "4", "--json", str(out / "r.json"), "--out", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=900,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(out / "r.json")
+    merged = tmp_path / "merged"
+    r = subprocess.run([sys.executable, "-m", "llaca.bench", "--merge", *map(str, outs), "--out", str(merged)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((merged / "bench.json").read_text())
+    assert list(result["methods"]) == list(METHODS)
+    assert len(result["methods"]["joint"]["matrix"]) == 1 and result["methods"]["joint"]["forgetting"] is None
+    assert [g["group"] for g in result["methods"]["llaca+groups"]["groups"]] == ["g1", "g2", "g3"]
+    assert "| joint |" in (merged / "bench.md").read_text() and (merged / "bench.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "-m", "llaca.bench", "--methods", "seq,nope"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown method(s) nope" in bad.stderr
