@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .continual import METHODS, Task, check_methods, run_method
+from .continual import METHODS, Task, check_methods, run_method, scores
 from .dataset import read_folder
-from .evaluate import adapter_applied, evaluate
 from .model import DEFAULT_MODEL, load_model
 from .tuner import TuneConfig
 from .world.build import heldout
@@ -59,11 +58,6 @@ def folder_tasks(data: list[Path], eval_data: list[Path] | None, eval_n: int, se
 
 def _num(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
-
-
-def _zero_shot(lm, sets) -> list[float]:
-    with adapter_applied(lm.model, None) as model:
-        return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
 
 
 def markdown(result: dict) -> str:
@@ -130,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tasks = synthetic_tasks(QUICK_TASKS if args.quick else CONTINUAL_SEQUENCE, args.train_n, args.eval_n, args.seed)
     base_sets = {b: heldout(b, args.eval_n, seed=args.seed * 1000 + 900 + k) for k, b in enumerate(BASE_FAMILIES)}
-    base_before = dict(zip(base_sets, _zero_shot(lm, list(base_sets.values()))))
-    zero_shot = _zero_shot(lm, [t.test for t in tasks])
+    base_before = dict(zip(base_sets, scores(lm, None, list(base_sets.values()))))
+    zero_shot = scores(lm, None, [t.test for t in tasks])
     # +replay methods keep a few stored samples of what came before: base-family samples drawn
     # apart from the evaluation sets (other seeds), then each finished task's training samples
     base_replay = [s for k, b in enumerate(base_sets) for s in heldout(b, args.replay_per_task, seed=args.seed * 1000 + 950 + k)]

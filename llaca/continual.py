@@ -52,7 +52,8 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def _scores(lm, adapter: Path | None, sets: Sequence[Sequence[VQASample]]) -> list[float]:
+def scores(lm, adapter: Path | None, sets: Sequence[Sequence[VQASample]]) -> list[float]:
+    """Accuracy (%) on each sample set with `adapter` applied (None: the base model as it is)."""
     with adapter_applied(lm.model, adapter) as model:
         return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
 
@@ -100,11 +101,11 @@ def _run_sequential(lm, method, tasks, base_sets, template, work, replay_per_tas
         res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapter, out_dir=out, replay=replay_pool)
         adapter = out
         records.append(res.record)
-        matrix.append(_scores(lm, adapter, [t.test for t in tasks]))
+        matrix.append(scores(lm, adapter, [t.test for t in tasks]))
         log.info("%s after %s: %s", method, task.name, matrix[-1])
         if uses_replay:
             replay_pool += task.train[:replay_per_task]
-    base_after = dict(zip(base_sets, _scores(lm, adapter, list(base_sets.values()))))
+    base_after = dict(zip(base_sets, scores(lm, adapter, list(base_sets.values()))))
     return _summary(matrix, base_after, records, t0)
 
 
@@ -115,8 +116,8 @@ def _run_joint(lm, tasks, base_sets, template, work) -> dict:
     steps = (template.steps or 0) * len(tasks) or None
     cfg = replace(template, method="seq", steps=steps, epochs=template.epochs * len(tasks) if steps is None else template.epochs)
     res = tune(lm.model, lm.processor, pooled, cfg, out_dir=work / "all")
-    row = _scores(lm, work / "all", [t.test for t in tasks])
-    base_after = dict(zip(base_sets, _scores(lm, work / "all", list(base_sets.values()))))
+    row = scores(lm, work / "all", [t.test for t in tasks])
+    base_after = dict(zip(base_sets, scores(lm, work / "all", list(base_sets.values()))))
     return _summary([row], base_after, [res.record], t0)
 
 

@@ -74,6 +74,15 @@ def fake_step(params, gen, move=1e-3, grad_scale=1.0) -> None:
             p.add_((torch.randn(p.shape, generator=gen) * move).to(p.dtype))
 
 
+def steps_in_lockstep(*runs, seed: int, steps: int) -> None:
+    """The same fake optimizer steps (same seed) on each (params, ema) pair, each followed by its update."""
+    gens = [torch.Generator().manual_seed(seed) for _ in runs]
+    for _ in range(steps):
+        for (params, ema), gen in zip(runs, gens):
+            fake_step(params, gen, move=0.3, grad_scale=0.05)
+            ema.update()
+
+
 def assert_matches(ema: AdaptiveEMA | FixedEMA, ref: ReleasedLoopReference) -> None:
     torch.testing.assert_close(ema.last_alphas, torch.tensor(ref.alphas, dtype=torch.float32),
                                rtol=1e-5, atol=0)
@@ -270,12 +279,7 @@ def test_trace_records_norms_and_alphas_like_the_reference():
 def test_trace_is_off_by_default_and_leaves_the_update_unchanged():
     params_a, params_b = make_params(seed=33), make_params(seed=33)
     plain, traced = AdaptiveEMA(params_a), AdaptiveEMA(params_b, trace=True)
-    gen_a, gen_b = torch.Generator().manual_seed(34), torch.Generator().manual_seed(34)
-    for _ in range(3):
-        fake_step(params_a, gen_a, move=0.3, grad_scale=0.05)
-        fake_step(params_b, gen_b, move=0.3, grad_scale=0.05)
-        plain.update()
-        traced.update()
+    steps_in_lockstep((params_a, plain), (params_b, traced), seed=34, steps=3)
     assert torch.equal(plain.last_alphas, traced.last_alphas)
     for ea, eb in zip(plain.state_dict()["ema"], traced.state_dict()["ema"]):
         assert torch.equal(ea, eb)
@@ -342,12 +346,7 @@ def test_state_dict_round_trip_continues_identically():
     ema_b = AdaptiveEMA(params_b, chunk_numel=30)  # other grouping, same state
     ema_b.load_state_dict(ema_a.state_dict())
     assert ema_b.stats() == pytest.approx(ema_a.stats())
-    gen_a, gen_b = torch.Generator().manual_seed(17), torch.Generator().manual_seed(17)
-    for _ in range(2):
-        fake_step(params_a, gen_a, move=0.3, grad_scale=0.05)
-        fake_step(params_b, gen_b, move=0.3, grad_scale=0.05)
-        ema_a.update()
-        ema_b.update()
+    steps_in_lockstep((params_a, ema_a), (params_b, ema_b), seed=17, steps=2)
     torch.testing.assert_close(ema_b.last_alphas, ema_a.last_alphas)
     for ea, eb in zip(ema_a.state_dict()["ema"], ema_b.state_dict()["ema"]):
         torch.testing.assert_close(eb, ea)
