@@ -52,8 +52,16 @@ def folder_tasks(data: list[Path], eval_data: list[Path] | None, eval_n: int, se
             random.Random(seed + k).shuffle(samples)
             cut = max(1, min(eval_n, len(samples) // 5))
             samples, test = samples[cut:], samples[:cut]
-        tasks.append(Task(Path(d).name, samples, test))
+        tasks.append(Task(task_name(Path(d)), samples, test))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--data folders must have distinct names (they name the tasks); got {', '.join(names)}")
     return tasks
+
+
+def task_name(path: Path) -> str:
+    """A task is named after its folder, also when the path given is the folder's data.json."""
+    return path.parent.name if path.is_file() else path.name
 
 
 def _num(v) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def to_record(sample: VQASample, image_rel: str) -> dict:
 def write_folder(samples: list[VQASample], out: Path) -> Path:
     """Write samples as a LLaVA-format folder; `data.json` is written last, atomically."""
     out = Path(out)
+    dup = sorted(i for i, k in Counter(s.id for s in samples).items() if k > 1)
+    if dup:
+        raise DatasetFormatError(f"sample ids must be unique within a folder (they name the image files); repeated: {', '.join(dup[:5])}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for s in samples:

@@ -46,3 +46,23 @@ def test_bad_folders_say_what_is_wrong(tmp_path):
     (tmp_path / "data.json").write_text("{not json")
     with pytest.raises(DatasetFormatError, match="not valid JSON"):
         read_folder(tmp_path)
+
+
+def test_repeated_sample_ids_are_refused_before_anything_is_written(tmp_path):
+    """Ids name the image files: a repeat would silently pair one image with two answers."""
+    a, b = heldout("count", 2, seed=3)
+    b.id = a.id
+    with pytest.raises(DatasetFormatError, match=f"repeated: {a.id}"):
+        write_folder([a, b], tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bench_names_a_task_after_its_folder_also_when_given_its_data_json(tmp_path):
+    from llaca.bench import folder_tasks
+
+    for name in ("count", "letter"):
+        write_folder(heldout(name, 6, seed=2), tmp_path / name)
+    tasks = folder_tasks([tmp_path / "count" / "data.json", tmp_path / "letter"], None, 2, seed=0)
+    assert [t.name for t in tasks] == ["count", "letter"]
+    with pytest.raises(SystemExit, match="distinct names"):
+        folder_tasks([tmp_path / "count", tmp_path / "count" / "data.json"], None, 2, seed=0)
