@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from PIL import Image
 
@@ -52,7 +53,7 @@ def to_record(sample: VQASample, image_rel: str) -> dict:
     return rec
 
 
-def write_folder(samples: list[VQASample], out: Path) -> Path:
+def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
     """Write samples as a LLaVA-format folder; `data.json` is written last, atomically."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
