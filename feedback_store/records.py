@@ -1,4 +1,4 @@
-"""Record types the store hands out (frozen dataclasses) and their row converters.
+"""Record types the store hands out (frozen dataclasses) and the one row converter, ``from_row``.
 
 Times are UNIX seconds (float, UTC) as stored; ``iso_time`` formats them for export.
 JSON columns (generation params, metrics, worker detail) come back as dicts.
