@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(settings.threads)
     from app import build_app, create_services, launch_kwargs
+    from app.errors import user_message
+    from feedback_store import StoreError
     from llaca.model import ModelLoadError
 
     try:
         services = create_services(settings)
-    except ModelLoadError as e:
-        print(f"app.py: {e}", file=sys.stderr)
+    except (ModelLoadError, StoreError) as e:
+        print(f"app.py: {user_message(e)}", file=sys.stderr)
         return 1
     # SIGTERM (a service manager, a Space restart, `kill`) stops like Ctrl+C: Gradio closes the
     # server, then the learning worker marks itself stopped so the status line forgets it.

@@ -10,19 +10,19 @@ it between threads::
     answer = store.record_answer(session.id, question.id, "red", adapter_version=None, gen_params={})
     store.add_correction(session.id, answer.id, "blue", ready_threshold=8)
 
-Modules: ``store`` (the FeedbackStore class and its core operations), ``buffers``
-(corrections, task buffers, claims and leases), ``adapters`` (adapter versions, worker
-status), ``schema`` (tables and migrations), ``connection`` (per-thread connections,
-transactions), ``images`` (validation, normalisation, atomic files), ``validation``
-(text and JSON checks), ``queries`` (shared lookups), ``records`` (dataclasses),
-``errors`` (exceptions), ``filesystem`` (refusing a network filesystem), ``export`` (LLaVA-format and JSONL export), ``__main__`` (CLI).
+Modules: ``store`` (``FeedbackStore``, assembled from ``base``, ``conversations``,
+``buffers`` and ``adapters``), ``schema`` (the tables and the version check),
+``connection`` (per-thread connections, transactions), ``queries`` (shared lookups),
+``records`` (dataclasses), ``errors`` (typed exceptions), ``validation`` (text and JSON
+checks), ``images`` (image validation and normalisation), ``files`` (crash-safe writes),
+``filesystem`` (refusing a network filesystem), ``export`` (reading corrections out,
+JSONL), ``cli`` (``python -m feedback_store``).
 """
 
 from .errors import (
     AdapterExistsError,
     AdapterStateError,
     BufferNotFoundError,
-    BufferStateError,
     ExportError,
     ImageTooLargeError,
     InvalidAnswerError,
@@ -47,26 +47,16 @@ from .errors import (
     UnsafeFilesystemError,
 )
 from .records import (
-    AdapterVersion,
-    BufferItem,
-    BufferState,
-    CleanupReport,
-    Feedback,
-    ImageRecord,
-    Message,
-    Session,
-    TaskBuffer,
-    WorkerState,
-    plural,
+    AdapterVersion, BufferItem, BufferState, CleanupReport, Feedback, Message, Session, TaskBuffer, WorkerState, plural,
 )
 from .schema import SCHEMA_VERSION
 from .store import FeedbackStore
 
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
-    "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback", "ImageRecord",
+    "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback",
     "Message", "Session", "TaskBuffer", "WorkerState", "plural",
-    "AdapterExistsError", "AdapterStateError", "BufferNotFoundError", "BufferStateError",
+    "AdapterExistsError", "AdapterStateError", "BufferNotFoundError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",
     "InvalidEncodingError", "InvalidFeedbackError", "InvalidImageError", "InvalidInputError",
     "InvalidParamsError", "InvalidQuestionError", "InvalidTextError", "LeaseLostError",

@@ -81,7 +81,7 @@ class Connections:
     def get(self) -> Database:
         """This thread's connection (opened on first use)."""
         if self._closed:
-            raise StoreClosedError("The feedback store has been closed; open a new FeedbackStore.")
+            raise StoreClosedError("the feedback store is closed")
         handle: _Handle | None = getattr(self._local, "handle", None)
         pid = os.getpid()
         if handle is None or handle.pid != pid:
@@ -103,49 +103,31 @@ class Connections:
     def write(self) -> Iterator[Database]:
         """One write transaction (BEGIN IMMEDIATE); commits on success, rolls back on error."""
         db = self.get()
-        conn = db.conn
-        if conn.in_transaction:
+        if db.conn.in_transaction:
             raise RuntimeError("feedback_store: nested write transaction (a bug in the store)")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
+            with db.conn:  # COMMIT, or ROLLBACK on an exception
+                yield db
         except sqlite3.OperationalError as exc:
-            self._raise_busy(exc)
+            if db.conn.in_transaction:
+                db.conn.rollback()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreBusyError(
+                    f"the database stayed locked for over {self.busy_timeout:g} s", timeout=self.busy_timeout
+                ) from exc
             raise
-        try:
-            yield db
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._raise_busy(exc)
-            raise
-
-    def _raise_busy(self, exc: sqlite3.OperationalError) -> None:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StoreBusyError(
-                f"The feedback store is busy: another process held it for over "
-                f"{self.busy_timeout:g} s. Try again in a moment."
-            ) from exc
 
     @contextmanager
     def read(self) -> Iterator[Database]:
         """One consistent snapshot for several queries (or join the open transaction)."""
         db = self.get()
-        conn = db.conn
-        if conn.in_transaction:
+        if db.conn.in_transaction:
             yield db
             return
-        conn.execute("BEGIN")
-        try:
+        db.execute("BEGIN")
+        with db.conn:
             yield db
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection this process opened. Call once no thread is using the store."""

@@ -1,44 +1,23 @@
-"""Exceptions raised by the feedback store.
+"""Exceptions the feedback store raises on purpose, one type per thing that can be wrong.
 
-Every error a caller can cause carries a message that a user can act on: the app
-shows ``str(error)`` verbatim in a ``gr.Warning``/``gr.Error``. Catch ``StoreError``
-to handle all of them, or a subclass for a specific case.
-
-The hierarchy::
-
-    StoreError
-    ├── StoreClosedError
-    ├── StoreBusyError
-    ├── UnsafeFilesystemError
-    ├── SchemaVersionError
-    ├── InvalidInputError (also a ValueError)
-    │   ├── InvalidImageError
-    │   │   └── ImageTooLargeError
-    │   ├── InvalidTextError
-    │   │   ├── InvalidEncodingError
-    │   │   ├── InvalidQuestionError
-    │   │   ├── InvalidAnswerError
-    │   │   └── InvalidCorrectionError
-    │   ├── InvalidFeedbackError
-    │   └── InvalidParamsError
-    ├── NotFoundError (also a LookupError)
-    │   ├── SessionNotFoundError
-    │   ├── MessageNotFoundError
-    │   ├── BufferNotFoundError
-    │   └── UnknownAdapterError
-    ├── NothingToTeachError
-    ├── BufferStateError
-    ├── LeaseLostError
-    ├── AdapterStateError
-    │   └── AdapterExistsError
-    └── ExportError
+``str(error)`` states plainly what is wrong; the facts are attributes as well (the keyword
+arguments given at the raise site, also collected in ``error.facts``), so callers branch on
+the type and its attributes, never on the text. How to put it to a person is the caller's
+business: the app words them in ``app/errors.py``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StoreError(Exception):
     """Base class of every error the feedback store raises on purpose."""
+
+    def __init__(self, message: str, **facts: Any) -> None:
+        super().__init__(message)
+        self.facts = facts
+        self.__dict__.update(facts)
 
 
 class StoreClosedError(StoreError):
@@ -46,55 +25,60 @@ class StoreClosedError(StoreError):
 
 
 class StoreBusyError(StoreError):
-    """Another thread or process held the write lock for longer than the timeout."""
+    """The write lock stayed taken for longer than ``timeout`` seconds."""
 
 
 class UnsafeFilesystemError(StoreError):
-    """The data dir is on a filesystem where SQLite's WAL mode is unsafe (a network filesystem)."""
+    """``path`` is on network filesystem ``fstype``, where SQLite's WAL mode is unsafe."""
 
 
 class SchemaVersionError(StoreError):
-    """The database was written by a newer version of the software."""
+    """The database at ``path`` has schema ``version`` (``supported`` is the one this code
+    knows), or holds ``tables`` of something that is not a feedback store (``version`` 0)."""
 
 
 class InvalidInputError(StoreError, ValueError):
-    """Something the caller passed in is unusable; nothing was written."""
+    """An argument is unusable (``field``, and ``value`` where it helps); nothing was written."""
 
 
 class InvalidImageError(InvalidInputError):
-    """The upload is not an image we can read, or it is damaged."""
+    """The upload is not an image that can be read; ``reason``: ``not_bytes``, ``empty``,
+    ``unsupported``, ``damaged``, ``incomplete`` or ``no_pixels``."""
 
 
 class ImageTooLargeError(InvalidImageError):
-    """The upload is over the byte limit or the pixel (decompression-bomb) limit."""
+    """``size`` (None if unknown) is over ``limit``, counted in ``unit`` (``bytes`` or
+    ``pixels``; then also ``width`` and ``height`` where known); ``reason`` is ``too_large``."""
 
 
 class InvalidTextError(InvalidInputError):
-    """A text field is empty, too long or otherwise unusable."""
+    """Text ``field`` is unusable; ``problem``: ``not_text``, ``empty`` or ``too_long``
+    (with ``length`` and ``limit``)."""
 
 
 class InvalidEncodingError(InvalidTextError):
-    """Text arrived as bytes that are not valid UTF-8."""
+    """Text ``field`` is not valid UTF-8 / Unicode (``problem`` is ``encoding``)."""
 
 
 class InvalidQuestionError(InvalidTextError):
-    """The user's question is empty or too long."""
+    """The user's question is unusable."""
 
 
 class InvalidAnswerError(InvalidTextError):
-    """An assistant answer is too long."""
+    """An assistant answer is unusable."""
 
 
 class InvalidCorrectionError(InvalidTextError):
-    """A corrected answer is empty, too long or identical to the answer."""
+    """A corrected answer is unusable; ``problem`` may also be ``unchanged`` (same text as
+    the answer) or ``no_question`` (the answer has no recorded question)."""
 
 
 class InvalidFeedbackError(InvalidInputError):
-    """Feedback of an unknown kind, or on a message that cannot take it."""
+    """Feedback of an unknown ``kind``, or on ``message_id`` that is not an answer."""
 
 
 class InvalidParamsError(InvalidInputError):
-    """A dict (generation params, metrics, detail) is not JSON-serialisable."""
+    """Dict ``field`` (generation params, metrics, detail) cannot be stored as JSON."""
 
 
 class NotFoundError(StoreError, LookupError):
@@ -102,40 +86,37 @@ class NotFoundError(StoreError, LookupError):
 
 
 class SessionNotFoundError(NotFoundError):
-    """No session with that id."""
+    """No session ``session_id``."""
 
 
 class MessageNotFoundError(NotFoundError):
-    """No such message in this session (nonexistent and other-session look the same)."""
+    """No message ``message_id`` in this session (missing and other-session read the same)."""
 
 
 class BufferNotFoundError(NotFoundError):
-    """No such task buffer (in this session, when a session is given)."""
+    """No task buffer ``buffer_id``."""
 
 
 class UnknownAdapterError(NotFoundError):
-    """No adapter version with that name is registered."""
+    """No adapter ``version`` is registered."""
 
 
 class NothingToTeachError(StoreError):
-    """A buffer was asked to become ready but holds no corrections."""
-
-
-class BufferStateError(StoreError):
-    """The buffer is not in a state that allows the operation."""
+    """Session ``session_id`` has no corrections waiting to be learned."""
 
 
 class LeaseLostError(StoreError):
-    """The worker no longer holds the claim on the buffer; it must stop using it."""
+    """``worker_id`` no longer holds ``buffer_id`` (now ``status``, ``claimed_by``)."""
 
 
 class AdapterStateError(StoreError):
-    """The adapter version is not in a state that allows the operation."""
+    """Adapter ``version`` is ``status``, which does not allow the operation."""
 
 
 class AdapterExistsError(AdapterStateError):
-    """An adapter version with that name is already registered."""
+    """Adapter ``version`` is already registered."""
 
 
 class ExportError(StoreError):
-    """The export destination or options are unusable."""
+    """Export target ``path`` is unusable; ``reason``: ``inside_store``, ``is_file``,
+    ``is_folder``, ``not_empty`` or ``exists``."""

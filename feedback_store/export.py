@@ -1,150 +1,105 @@
-"""Export what users taught: a LLaVA-format folder, or JSONL of every message and feedback.
+"""Reading what users taught out of the store: the corrections, and a JSONL dump.
 
-LLaVA format (the project's one dataset format, read by the benchmark and the tuner)::
-
-    OUT/data.json        [{"id", "image": "images/<sha256>.png",
-                           "conversations": [{"from": "human", "value": "<image>\\n<question>"},
-                                             {"from": "gpt", "value": "<corrected answer>"}]}]
-    OUT/images/*.png
-    OUT/provenance.json  per id: session, buffer and its status, corrected message, the
-                         answer it replaced and the adapter version that produced it
-
-A correction made without any image in its conversation is left out of the LLaVA
-export (the project's reader, like LLaVA training, needs an image per record) and
-counted in ``ExportSummary.skipped``; it is in the JSONL export. JSONL format: into a
-folder, ``OUT/messages.jsonl``, ``OUT/feedback.jsonl`` and the referenced images; into
-``OUT.jsonl``, one file of both kinds of rows (images stay in the store). Everything is
-read in one snapshot; files are written tmp + rename.
+``corrections`` lists the corrections (buffer items) with their provenance, read in one
+snapshot; ``llaca.export`` turns them into a LLaVA-format training folder with the
+project's dataset writer (the store knows nothing of dataset formats). ``export_jsonl``
+writes every message and feedback row: into a folder, ``OUT/messages.jsonl``,
+``OUT/feedback.jsonl`` and the referenced images; into ``OUT.jsonl``, one file of both kinds
+of rows (images stay in the store). Files are written atomically (``files.write_atomic``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .errors import ExportError, InvalidInputError
+from .files import write_atomic
 from .images import IMAGES_DIR, image_relative_path
-from .queries import fetch_all
 from .records import BUFFER_STATUSES, iso_time
 from .store import FeedbackStore
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("llava", "jsonl")
-
 
 @dataclass(frozen=True)
 class ExportSummary:
     out: Path
-    format: str
     records: int
     images: int
     feedback: int = 0
     skipped: int = 0
 
 
-def _prepare_out(store: FeedbackStore, out: Path, overwrite: bool) -> Path:
+def corrections(store: FeedbackStore, *, session_id: str | None = None, status: str | None = None) -> list[dict]:
+    """Every correction (buffer item; optionally of one session, or of buffers with
+    ``status``), oldest buffer first, with the buffer, the answer it replaced and the
+    adapter versions involved."""
+    if status is not None and status not in BUFFER_STATUSES:
+        raise InvalidInputError(f"status must be one of {', '.join(BUFFER_STATUSES)}, not {status!r}",
+                                field="status", value=status)
+    with store._conns.read() as db:
+        return list(db.query(
+            """SELECT bi.*, tb.session_id, tb.status AS buffer_status,
+                      tb.adapter_version AS trained_adapter, m.adapter_version AS answer_adapter,
+                      m.text AS previous_answer, m.parent_id AS question_message_id
+               FROM buffer_items bi
+               JOIN task_buffers tb ON tb.id = bi.buffer_id
+               JOIN messages m ON m.id = bi.message_id
+               WHERE (:session IS NULL OR tb.session_id = :session) AND (:status IS NULL OR tb.status = :status)
+               ORDER BY tb.id, bi.id""",
+            {"session": session_id, "status": status},
+        ))
+
+
+def prepare_folder(store: FeedbackStore, out: Path, overwrite: bool) -> Path:
+    """Check an export folder (new, empty, or ``overwrite``; outside the store) and create it."""
     out = Path(out).absolute()
     data_dir = store.data_dir.resolve()
     resolved = out.resolve()
     if resolved == data_dir or resolved.is_relative_to(data_dir / IMAGES_DIR):
-        raise ExportError(
-            f"Export into a new folder, not into the store's data dir or its images ({data_dir})."
-        )
+        raise ExportError(f"{out} is inside the store's data dir {data_dir}", path=out, reason="inside_store")
     if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file. Give a folder to export into.")
+        raise ExportError(f"{out} is a file, not a folder", path=out, reason="is_file")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already exists and is not empty. Choose a new folder or pass --force.")
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        raise ExportError(f"{out} already exists and is not empty", path=out, reason="not_empty")
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _prepare_file(store: FeedbackStore, out: Path, overwrite: bool) -> Path:
+    """Check a single-file export target (its folder is created; nothing else is written)."""
+    out = out.absolute()
+    if out.resolve().is_relative_to(store.data_dir.resolve()):
+        raise ExportError(f"{out} is inside the store's data dir {store.data_dir.resolve()}",
+                          path=out, reason="inside_store")
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder, not a .jsonl file", path=out, reason="is_folder")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists", path=out, reason="exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _copy_images(store: FeedbackStore, out: Path, shas: Iterable[str]) -> int:
+    (out / IMAGES_DIR).mkdir(exist_ok=True)
     copied = 0
     for sha in sorted(set(shas)):
-        target = out / image_relative_path(sha)
-        if target.exists():
-            copied += 1
-            continue
-        source = store.data_dir / image_relative_path(sha)
+        source, target = store.data_dir / image_relative_path(sha), out / image_relative_path(sha)
         if not source.is_file():
             log.error("export: image %s is missing from the store; skipped", sha)
             continue
-        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        if not target.exists():
+            write_atomic(target, source.read_bytes())
         copied += 1
     return copied
 
 
-def export_llava(
-    store: FeedbackStore, out: Path, *, session_id: str | None = None,
-    status: str | None = None, overwrite: bool = False,
-) -> ExportSummary:
-    """Write the corrections (buffer items) as a LLaVA-format folder."""
-    if status is not None and status not in BUFFER_STATUSES:
-        raise InvalidInputError(f"status must be one of {', '.join(BUFFER_STATUSES)}, not {status!r}.")
-    where, params = ["1 = 1"], []
-    if session_id is not None:
-        where.append("tb.session_id = ?")
-        params.append(session_id)
-    if status is not None:
-        where.append("tb.status = ?")
-        params.append(status)
-    with store._conns.read() as db:
-        rows = fetch_all(
-            db,
-            f"""SELECT bi.*, tb.session_id, tb.status AS buffer_status,
-                       tb.adapter_version AS trained_adapter, m.adapter_version AS answer_adapter,
-                       m.text AS previous_answer, m.parent_id AS question_message_id
-                FROM buffer_items bi
-                JOIN task_buffers tb ON tb.id = bi.buffer_id
-                JOIN messages m ON m.id = bi.message_id
-                WHERE {' AND '.join(where)} ORDER BY tb.id, bi.id""",
-            params,
-        )
-    out = _prepare_out(store, out, overwrite)
-    records, provenance = [], []
-    with_image = [r for r in rows if r["image_sha256"]]
-    for row in with_image:
-        record_id = f"{row['message_id']}-{row['id']}"
-        records.append({
-            "id": record_id, "image": image_relative_path(row["image_sha256"]),
-            "conversations": [
-                {"from": "human", "value": "<image>\n" + row["question"]},
-                {"from": "gpt", "value": row["answer"]},
-            ],
-        })
-        provenance.append({
-            "id": record_id, "session_id": row["session_id"], "buffer_id": row["buffer_id"],
-            "buffer_status": row["buffer_status"], "split": row["split"],
-            "message_id": row["message_id"], "question_message_id": row["question_message_id"],
-            "previous_answer": row["previous_answer"], "answer_adapter_version": row["answer_adapter"],
-            "trained_into_adapter_version": row["trained_adapter"], "feedback_id": row["feedback_id"],
-            "image_sha256": row["image_sha256"], "corrected_at": iso_time(row["updated_at"]),
-        })
-    images = _copy_images(store, out, (r["image_sha256"] for r in with_image))
-    _write_atomic(out / "provenance.json", json.dumps(provenance, indent=1, ensure_ascii=False))
-    _write_atomic(out / "data.json", json.dumps(records, indent=1, ensure_ascii=False))
-    skipped = len(rows) - len(with_image)
-    if skipped:
-        log.warning("left out %d correction(s) without an image (see --format jsonl)", skipped)
-    return ExportSummary(out=out, format="llava", records=len(records), images=images, skipped=skipped)
+def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
 def export_jsonl(
@@ -155,42 +110,22 @@ def export_jsonl(
     ``out`` ending in ``.jsonl``: one file, each line ``{"record": "message" | "feedback", ...}``,
     images left in the store (a message's ``image`` is relative to the data dir). Otherwise a
     folder: ``messages.jsonl``, ``feedback.jsonl`` and the images (``image`` relative to it)."""
-    where, params = "", []
-    if session_id is not None:
-        where, params = "WHERE session_id = ?", [session_id]
     single = Path(out).suffix == ".jsonl"
-    target = _prepare_file(store, Path(out), overwrite) if single else None
+    target = _prepare_file(store, Path(out), overwrite) if single else prepare_folder(store, out, overwrite)
+    where = "WHERE :session IS NULL OR session_id = :session"
     with store._conns.read() as db:
-        messages = fetch_all(db, f"SELECT * FROM messages {where} ORDER BY rowid", params)
-        feedback = fetch_all(db, f"SELECT * FROM feedback {where} ORDER BY id", params)
+        messages = list(db.query(f"SELECT * FROM messages {where} ORDER BY rowid", {"session": session_id}))
+        feedback = list(db.query(f"SELECT * FROM feedback {where} ORDER BY id", {"session": session_id}))
     for m in messages:
         m["gen_params"] = json.loads(m["gen_params"] or "{}")
         m["image"] = image_relative_path(m["image_sha256"]) if m["image_sha256"] else None
-        m["created_at"] = iso_time(m["created_at"])
-    for f in feedback:
-        f["created_at"] = iso_time(f["created_at"])
-    shas = [m["image_sha256"] for m in messages if m["image_sha256"]]
-    if target is not None:
-        lines = [{"record": "message", **m} for m in messages] + [{"record": "feedback", **f} for f in feedback]
-        _write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
-        return ExportSummary(out=target, format="jsonl", records=len(messages), images=0, feedback=len(feedback))
-    out = _prepare_out(store, out, overwrite)
-    images = _copy_images(store, out, shas)
-    _write_atomic(out / "messages.jsonl", "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in messages))
-    _write_atomic(out / "feedback.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in feedback))
-    return ExportSummary(
-        out=out, format="jsonl", records=len(messages), images=images, feedback=len(feedback)
-    )
-
-
-def _prepare_file(store: FeedbackStore, out: Path, overwrite: bool) -> Path:
-    """Check a single-file export target (its folder is created; nothing else is written)."""
-    out = out.absolute()
-    if out.resolve().is_relative_to(store.data_dir.resolve()):
-        raise ExportError(f"Export to a file outside the store's data dir ({store.data_dir.resolve()}).")
-    if out.is_dir():
-        raise ExportError(f"{out} is a folder. Give a new file name ending in .jsonl, or a folder name without it.")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists. Choose a new file name or pass --force.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    for row in messages + feedback:
+        row["created_at"] = iso_time(row["created_at"])
+    if single:
+        write_atomic(target, _jsonl([{"record": "message", **m} for m in messages]
+                                    + [{"record": "feedback", **f} for f in feedback]))
+        return ExportSummary(out=target, records=len(messages), images=0, feedback=len(feedback))
+    images = _copy_images(store, target, (m["image_sha256"] for m in messages if m["image_sha256"]))
+    write_atomic(target / "messages.jsonl", _jsonl(messages))
+    write_atomic(target / "feedback.jsonl", _jsonl(feedback))
+    return ExportSummary(out=target, records=len(messages), images=images, feedback=len(feedback))

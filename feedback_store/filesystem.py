@@ -75,12 +75,8 @@ def check_data_dir(data_dir: Path, mountinfo: str | None = None) -> str | None:
     fstype = filesystem_type(resolved, table)
     if is_network_filesystem(fstype):
         raise UnsafeFilesystemError(
-            f"The data dir {resolved} is on a network filesystem ({fstype}). The feedback store keeps "
-            f"SQLite in WAL mode, which needs every process that opens the database on one host with a "
-            f"local disk (sqlite.org/wal.html: WAL does not work over a network filesystem); on {fstype} "
-            f"the database could be corrupted. Put the data dir (--data-dir / LLACA_DATA_DIR) on a local "
-            f"disk of the host that runs the app and the learning worker. To train on other machines, "
-            f"keep the worker on that host and let it fan training out with a training command "
-            f"(LLACA_TRAIN_COMMAND, e.g. 'accelerate launch --num_processes 4 -m llaca.tune')."
+            f"the data dir {resolved} is on a network filesystem ({fstype}); SQLite's WAL mode needs every "
+            "process that opens the database on one host, with the database on a local disk (sqlite.org/wal.html)",
+            path=resolved, fstype=fstype,
         )
     return fstype

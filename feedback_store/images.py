@@ -13,28 +13,25 @@ every check passes:
 The image is then normalised: EXIF orientation applied, first frame only, converted to
 RGB (transparency composited on white), re-encoded as PNG without metadata (which also
 drops EXIF/GPS data). The SHA-256 of those PNG bytes names the file:
-``images/<sha256>.png`` under the data dir. Files are written tmp + fsync + rename +
-directory fsync, so a crash leaves either no file or a complete one (plus perhaps a
-``.tmp-*`` file that ``FeedbackStore.cleanup_orphans`` removes).
+``images/<sha256>.png`` under the data dir, written by ``files.write_atomic``: a crash leaves
+no file or a complete one (plus perhaps a ``.tmp-*`` file that ``cleanup_orphans`` removes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLargeError, InvalidImageError
+from .files import write_atomic
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 IMAGES_DIR = "images"
-TMP_PREFIX = ".tmp-"
-_SUPPORTED = "PNG, JPEG, WebP, GIF or BMP"
+SUPPORTED = "PNG, JPEG, WebP, GIF or BMP"
 
 
 @dataclass(frozen=True)
@@ -71,55 +68,43 @@ def _mp(n: int) -> str:
 def prepare_image(data: bytes, *, max_bytes: int, max_pixels: int) -> PreparedImage:
     """Validate and normalise uploaded image bytes, or raise ``InvalidImageError``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidImageError(f"The image must be file bytes, not {type(data).__name__}.")
+        raise InvalidImageError(f"the image must be bytes, not {type(data).__name__}", reason="not_bytes")
     data = bytes(data)
     if not data:
-        raise InvalidImageError("The uploaded image file is empty (0 bytes). Choose the file again.")
+        raise InvalidImageError("the image file is empty (0 bytes)", reason="empty")
     if len(data) > max_bytes:
         raise ImageTooLargeError(
-            f"The image file is {_mb(len(data))}; the limit is {_mb(max_bytes)}. "
-            "Save it smaller (for example as JPEG, or resized) and try again."
+            f"the image file is {_mb(len(data))}; the limit is {_mb(max_bytes)}",
+            reason="too_large", size=len(data), limit=max_bytes, unit="bytes",
         )
-    too_many = (
-        "The image is {mp} ({w}x{h}); the limit is {limit}. Resize it and try again."
-    )
+    too_many = ImageTooLargeError(f"the image has too many pixels; the limit is {_mp(max_pixels)}",
+                                  reason="too_large", size=None, limit=max_pixels, unit="pixels")
     try:
         image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError:
-        raise ImageTooLargeError(
-            f"The image has far too many pixels; the limit is {_mp(max_pixels)}. "
-            "Resize it and try again."
-        ) from None
+        raise too_many from None
     except UnidentifiedImageError:
-        raise InvalidImageError(
-            f"This file is not an image that can be read. Upload a {_SUPPORTED} image."
-        ) from None
+        raise InvalidImageError(f"the file is not a {SUPPORTED} image", reason="unsupported") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImageError(
-            f"The image file is damaged ({exc}). Open and re-save it, or upload another image."
-        ) from None
+        raise InvalidImageError(f"the image file is damaged ({exc})", reason="damaged") from None
     with image:
         width, height = image.size
         source_format = image.format or "unknown"
         if width <= 0 or height <= 0:
-            raise InvalidImageError("The image has no pixels (zero width or height). Upload another image.")
+            raise InvalidImageError("the image has no pixels (zero width or height)", reason="no_pixels")
         if width * height > max_pixels:
             raise ImageTooLargeError(
-                too_many.format(w=width, h=height, mp=_mp(width * height), limit=_mp(max_pixels))
+                f"the image is {_mp(width * height)} ({width}x{height}); the limit is {_mp(max_pixels)}",
+                reason="too_large", size=width * height, limit=max_pixels, unit="pixels", width=width, height=height,
             )
         try:
             image.seek(0)
             image.load()
             normalised = _normalise(image)
         except Image.DecompressionBombError:
-            raise ImageTooLargeError(
-                f"The image has too many pixels; the limit is {_mp(max_pixels)}. Resize it and try again."
-            ) from None
+            raise too_many from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-            raise InvalidImageError(
-                "The image file is damaged or incomplete (for example a cut-off upload): "
-                f"{exc}. Upload the complete file again."
-            ) from None
+            raise InvalidImageError(f"the image file is damaged or incomplete ({exc})", reason="incomplete") from None
     out = io.BytesIO()
     normalised.save(out, format="PNG", compress_level=6)
     png = out.getvalue()
@@ -143,11 +128,10 @@ def _normalise(image: Image.Image) -> Image.Image:
 
 
 def write_image_file(data_dir: Path, prepared: PreparedImage) -> bool:
-    """Write the image under ``data_dir`` unless an identical file is there.
+    """Write the image under ``data_dir`` unless an identical file is there; True if written.
 
-    Returns True when a file was written. Safe against crashes at any moment and
-    against other threads/processes writing the same image (same bytes, atomic rename).
-    """
+    Safe against crashes at any moment and against other threads/processes writing the same
+    image (same bytes, atomic rename)."""
     final = data_dir / prepared.relative_path
     try:
         if final.stat().st_size == len(prepared.data):
@@ -155,33 +139,5 @@ def write_image_file(data_dir: Path, prepared: PreparedImage) -> bool:
     except FileNotFoundError:
         pass
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(prepared.data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    write_atomic(final, prepared.data)
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/creation in ``path`` durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

@@ -19,50 +19,29 @@ from .errors import (
     SessionNotFoundError,
     UnknownAdapterError,
 )
-from .records import BufferItem, Message, Session, TaskBuffer
-
-MESSAGE_NOT_FOUND = (
-    "That message is not part of this conversation (it may have been cleared, or the page "
-    "is out of date). Reload the page and try again."
-)
+from .records import BufferItem, Message, Session, TaskBuffer, from_row
 
 
-def fetch_one(db: Database, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-    cursor = db.execute(sql, list(params))
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    return dict(zip([c[0] for c in cursor.description], row))
-
-
-def fetch_all(db: Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    cursor = db.execute(sql, list(params))
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+def one(db: Database, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+    """The first row of a query, or None."""
+    return next(db.query(sql, list(params)), None)
 
 
 def require_session(db: Database, session_id: str) -> Session:
-    row = None
-    if isinstance(session_id, str):
-        row = fetch_one(db, "SELECT * FROM sessions WHERE id = ?", [session_id])
+    row = one(db, "SELECT * FROM sessions WHERE id = ?", [session_id]) if isinstance(session_id, str) else None
     if row is None:
-        raise SessionNotFoundError(
-            "This chat session is unknown (it may have expired or been started elsewhere). "
-            "Reload the page to start a new session."
-        )
-    return Session.from_row(row)
+        raise SessionNotFoundError(f"no session {session_id!r}", session_id=session_id)
+    return from_row(Session, row)
 
 
 def require_message(db: Database, session_id: str, message_id: str) -> Message:
     """The message if it belongs to ``session_id``; otherwise MessageNotFoundError."""
     row = None
     if isinstance(message_id, str) and isinstance(session_id, str):
-        row = fetch_one(
-            db, "SELECT * FROM messages WHERE id = ? AND session_id = ?", [message_id, session_id]
-        )
+        row = one(db, "SELECT * FROM messages WHERE id = ? AND session_id = ?", [message_id, session_id])
     if row is None:
-        raise MessageNotFoundError(MESSAGE_NOT_FOUND)
-    return Message.from_row(row)
+        raise MessageNotFoundError("no such message in this session", message_id=message_id)
+    return from_row(Message, row)
 
 
 def require_answer(db: Database, session_id: str, message_id: str) -> Message:
@@ -70,25 +49,21 @@ def require_answer(db: Database, session_id: str, message_id: str) -> Message:
     message = require_message(db, session_id, message_id)
     if message.role != "assistant":
         raise InvalidFeedbackError(
-            "Only the assistant's answers can be rated or corrected, not your own messages."
+            "only the assistant's answers take feedback; this is a user message", message_id=message_id, kind=None
         )
     return message
 
 
-def require_adapter_exists(db: Database, version: str) -> dict[str, Any]:
-    row = None
-    if isinstance(version, str):
-        row = fetch_one(db, "SELECT * FROM adapter_versions WHERE version = ?", [version])
+def require_adapter(db: Database, version: str) -> dict[str, Any]:
+    row = one(db, "SELECT * FROM adapter_versions WHERE version = ?", [version]) if isinstance(version, str) else None
     if row is None:
-        raise UnknownAdapterError(
-            f"There is no adapter version {version!r}. Pick one from the list of versions."
-        )
+        raise UnknownAdapterError(f"no adapter version {version!r}", version=version)
     return row
 
 
 def conversation_image(db: Database, message_id: str) -> str | None:
     """The image that applies to a message: its own, or the nearest ancestor's."""
-    row = fetch_one(
+    row = one(
         db,
         """WITH RECURSIVE chain(id, parent_id, image_sha256, depth) AS (
                SELECT id, parent_id, image_sha256, 0 FROM messages WHERE id = ?
@@ -104,28 +79,19 @@ def conversation_image(db: Database, message_id: str) -> str | None:
 
 
 def items_of(db: Database, buffer_id: int) -> tuple[BufferItem, ...]:
-    rows = fetch_all(db, "SELECT * FROM buffer_items WHERE buffer_id = ? ORDER BY id", [buffer_id])
-    return tuple(BufferItem.from_row(r) for r in rows)
+    rows = db["buffer_items"].rows_where("buffer_id = ?", [buffer_id], order_by="id")
+    return tuple(from_row(BufferItem, r) for r in rows)
 
 
-def buffer_row(db: Database, buffer_id: int, session_id: str | None = None) -> dict[str, Any]:
+def buffer_row(db: Database, buffer_id: int) -> dict[str, Any]:
     row = None
     if isinstance(buffer_id, int) and not isinstance(buffer_id, bool):
-        if session_id is None:
-            row = fetch_one(db, "SELECT * FROM task_buffers WHERE id = ?", [buffer_id])
-        else:
-            row = fetch_one(
-                db, "SELECT * FROM task_buffers WHERE id = ? AND session_id = ?",
-                [buffer_id, session_id],
-            )
+        row = one(db, "SELECT * FROM task_buffers WHERE id = ?", [buffer_id])
     if row is None:
-        where = " in this session" if session_id is not None else ""
-        raise BufferNotFoundError(
-            f"There is no task buffer {buffer_id!r}{where}. Reload the list of buffers."
-        )
+        raise BufferNotFoundError(f"no task buffer {buffer_id!r}", buffer_id=buffer_id)
     return row
 
 
-def buffer_with_items(db: Database, buffer_id: int, session_id: str | None = None) -> TaskBuffer:
-    row = buffer_row(db, buffer_id, session_id)
-    return TaskBuffer.from_row(row, items_of(db, row["id"]))
+def buffer_with_items(db: Database, buffer_id: int) -> TaskBuffer:
+    row = buffer_row(db, buffer_id)
+    return from_row(TaskBuffer, row, items=items_of(db, buffer_id))

@@ -1,4 +1,4 @@
-"""Record types the store hands out (frozen dataclasses) and their row converters.
+"""Record types the store hands out (frozen dataclasses) and the one row converter, ``from_row``.
 
 Times are UNIX seconds (float, UTC) as stored; ``iso_time`` formats them for export.
 JSON columns (generation params, metrics, worker detail) come back as dicts.
@@ -7,9 +7,9 @@ JSON columns (generation params, metrics, worker detail) come back as dicts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 Role = Literal["user", "assistant"]
 FeedbackKind = Literal["like", "dislike", "correction"]
@@ -36,8 +36,16 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
     return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
-def _json(value: str | None) -> dict[str, Any]:
-    return json.loads(value) if value else {}
+JSON_COLUMNS = frozenset({"gen_params", "metrics", "library_versions", "detail"})
+R = TypeVar("R")
+
+
+def from_row(cls: type[R], row: Mapping[str, Any], **override: Any) -> R:
+    """Record ``cls`` from a table row: its fields by name, JSON columns decoded."""
+    values = {f.name: row[f.name] for f in fields(cls) if f.name in row}  # type: ignore[arg-type]
+    for name in JSON_COLUMNS & values.keys():
+        values[name] = json.loads(values[name] or "{}")
+    return cls(**{**values, **override})
 
 
 @dataclass(frozen=True)
@@ -48,32 +56,6 @@ class Session:
     created_at: float
     user: str | None = None
     client: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Session":
-        return cls(id=row["id"], created_at=row["created_at"], user=row["user"], client=row["client"])
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """A stored image: normalised PNG bytes at ``path`` (relative to the data dir)."""
-
-    sha256: str
-    path: str
-    width: int
-    height: int
-    format: str
-    bytes: int
-    source_format: str | None
-    created_at: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "ImageRecord":
-        return cls(
-            sha256=row["sha256"], path=row["path"], width=row["width"], height=row["height"],
-            format=row["format"], bytes=row["bytes"], source_format=row.get("source_format"),
-            created_at=row["created_at"],
-        )
 
 
 @dataclass(frozen=True)
@@ -92,15 +74,6 @@ class Message:
     gen_params: dict[str, Any]
     created_at: float
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Message":
-        return cls(
-            id=row["id"], session_id=row["session_id"], parent_id=row["parent_id"],
-            role=row["role"], text=row["text"], image_sha256=row["image_sha256"],
-            adapter_version=row["adapter_version"], gen_params=_json(row["gen_params"]),
-            created_at=row["created_at"],
-        )
-
 
 @dataclass(frozen=True)
 class Feedback:
@@ -114,14 +87,6 @@ class Feedback:
     corrected_text: str | None
     previous_text: str | None
     created_at: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Feedback":
-        return cls(
-            id=row["id"], message_id=row["message_id"], session_id=row["session_id"],
-            kind=row["kind"], value=row["value"], corrected_text=row["corrected_text"],
-            previous_text=row["previous_text"], created_at=row["created_at"],
-        )
 
 
 @dataclass(frozen=True)
@@ -138,15 +103,6 @@ class BufferItem:
     split: Split
     created_at: float
     updated_at: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "BufferItem":
-        return cls(
-            id=row["id"], buffer_id=row["buffer_id"], message_id=row["message_id"],
-            feedback_id=row["feedback_id"], image_sha256=row["image_sha256"],
-            question=row["question"], answer=row["answer"], split=row["split"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
-        )
 
 
 @dataclass(frozen=True)
@@ -169,16 +125,6 @@ class TaskBuffer:
     @property
     def size(self) -> int:
         return len(self.items)
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any], items: tuple[BufferItem, ...] = ()) -> "TaskBuffer":
-        return cls(
-            id=row["id"], session_id=row["session_id"], status=row["status"],
-            created_at=row["created_at"], updated_at=row["updated_at"], ready_at=row["ready_at"],
-            claimed_by=row["claimed_by"], lease_until=row["lease_until"],
-            attempts=row["attempts"], adapter_version=row["adapter_version"],
-            reason=row["reason"], items=items,
-        )
 
 
 @dataclass(frozen=True)
@@ -206,15 +152,6 @@ class AdapterVersion:
     created_at: float
     updated_at: float
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any], path: str) -> "AdapterVersion":
-        return cls(
-            version=row["version"], parent_version=row["parent_version"], path=path,
-            method=row["method"], status=row["status"], metrics=_json(row["metrics"]),
-            library_versions=_json(row["library_versions"]), reason=row["reason"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
-        )
-
 
 @dataclass(frozen=True)
 class WorkerState:
@@ -226,13 +163,6 @@ class WorkerState:
     updated_at: float
     pid: int | None
     host: str | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "WorkerState":
-        return cls(
-            worker_id=row["worker_id"], state=row["state"], detail=_json(row["detail"]),
-            updated_at=row["updated_at"], pid=row["pid"], host=row["host"],
-        )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from .errors import InvalidEncodingError, InvalidParamsError, InvalidTextError
+from .errors import InvalidEncodingError, InvalidInputError, InvalidParamsError, InvalidTextError
 
 
 def clean_text(
@@ -22,10 +22,7 @@ def clean_text(
     error: type[InvalidTextError] = InvalidTextError,
     allow_empty: bool = False,
 ) -> str:
-    """Return ``value`` as a clean ``str`` or raise ``error`` with an actionable message.
-
-    ``what`` names the field for the message ("question", "corrected answer").
-    """
+    """Return ``value`` as a clean ``str`` or raise ``error`` (``what`` names the field)."""
     if value is None:
         value = ""
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -33,33 +30,27 @@ def clean_text(
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidEncodingError(
-                f"The {what} is not valid UTF-8 text (bad byte at position {exc.start}). "
-                "Re-type it or paste it as plain text and try again."
+                f"the {what} is not valid UTF-8 (bad byte at position {exc.start})",
+                field=what, problem="encoding", position=exc.start,
             ) from None
     if not isinstance(value, str):
-        raise error(f"The {what} must be text, not {type(value).__name__}.")
+        raise error(f"the {what} must be text, not {type(value).__name__}", field=what, problem="not_text")
     value = value.replace("\x00", "")
-    if _has_lone_surrogate(value):
-        raise InvalidEncodingError(
-            f"The {what} contains characters that are not valid Unicode. "
-            "Re-type it or paste it as plain text and try again."
-        )
-    if not allow_empty and not value.strip():
-        raise error(f"The {what} is empty. Type some text and try again.")
-    if len(value) > max_chars:
-        raise error(
-            f"The {what} is {len(value):,} characters long; the limit is {max_chars:,}. "
-            "Shorten it and try again."
-        )
-    return value
-
-
-def _has_lone_surrogate(value: str) -> bool:
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    except UnicodeEncodeError as exc:
+        raise InvalidEncodingError(
+            f"the {what} contains characters that are not valid Unicode",
+            field=what, problem="encoding", position=exc.start,
+        ) from None
+    if not allow_empty and not value.strip():
+        raise error(f"the {what} is empty", field=what, problem="empty")
+    if len(value) > max_chars:
+        raise error(
+            f"the {what} is {len(value):,} characters long; the limit is {max_chars:,}",
+            field=what, problem="too_long", length=len(value), limit=max_chars,
+        )
+    return value
 
 
 def clean_optional_text(value: str | bytes | None, *, what: str, max_chars: int) -> str | None:
@@ -78,14 +69,18 @@ def to_json(value: Mapping[str, Any] | None, *, what: str) -> str:
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
-        raise InvalidParamsError(f"The {what} must be a dict, not {type(value).__name__}.")
+        raise InvalidParamsError(f"the {what} must be a dict, not {type(value).__name__}", field=what)
     try:
-        return json.dumps(_finite(dict(value)), sort_keys=True, allow_nan=False, default=_reject)
+        return json.dumps(_finite(dict(value)), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidParamsError(
-            f"The {what} cannot be saved as JSON ({exc}). Use only str, int, float, bool, "
-            "None, lists and dicts with string keys."
-        ) from None
+        raise InvalidParamsError(f"the {what} cannot be stored as JSON ({exc})", field=what) from None
+
+
+def require_worker(worker_id: str) -> str:
+    """A worker id: a non-empty string."""
+    if not isinstance(worker_id, str) or not worker_id.strip():
+        raise InvalidInputError(f"worker_id must be a non-empty string, not {worker_id!r}", field="worker_id")
+    return worker_id
 
 
 def _finite(value: Any) -> Any:
@@ -96,7 +91,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _reject(obj: Any) -> Any:
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

@@ -13,17 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
+from feedback_store.files import fsync_dir
+
 log = logging.getLogger(__name__)
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def staging_dir(adapters_dir: Path, version: str) -> Path:

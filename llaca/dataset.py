@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from PIL import Image
 
@@ -53,7 +54,7 @@ def to_record(sample: VQASample, image_rel: str) -> dict:
     return rec
 
 
-def write_folder(samples: list[VQASample], out: Path) -> Path:
+def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
     """Write samples as a LLaVA-format folder; `data.json` is written last, atomically."""
     out = Path(out)
     dup = sorted(i for i, k in Counter(s.id for s in samples).items() if k > 1)

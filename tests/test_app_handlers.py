@@ -96,7 +96,8 @@ def test_ask_streams_records_and_follows_up(h, services, item):
     assert history[-1]["content"] == color  # still about the same image
     q2 = services.store.get_message(state.session_id, state.messages[2].id)
     assert q2.parent_id == state.messages[1].id and q2.image_sha256 is None
-    assert services.store.conversation_image(state.messages[3].id) == state.messages[0].image
+    parents = [services.store.get_message(state.session_id, m.id).parent_id for m in state.messages[1:4]]
+    assert parents == [m.id for m in state.messages[:3]] and state.messages[0].image  # back to the image
 
 
 def test_no_image_and_empty_question_warn_and_change_nothing(h):

@@ -84,12 +84,14 @@ def test_reject_and_rollback(store):
         register(store)
     store.promote_adapter("v1")
     store.promote_adapter("v2")
-    with pytest.raises(AdapterStateError, match="being served"):
+    with pytest.raises(AdapterStateError, match="v2 is current; it cannot be rejected") as served:
         store.reject_adapter("v2", "worse")
+    assert (served.value.version, served.value.status) == ("v2", "current")
     rejected = store.reject_adapter("v3", "forgetting 9% on task 1")
     assert (rejected.status, rejected.reason) == ("rejected", "forgetting 9% on task 1")
-    with pytest.raises(AdapterStateError, match="was rejected"):
+    with pytest.raises(AdapterStateError, match="was rejected") as was:
         store.promote_adapter("v3")
+    assert (was.value.status, was.value.reason) == ("rejected", "forgetting 9% on task 1")
     with pytest.raises(AdapterStateError, match="was rejected"):
         store.rollback_to("v3")
     assert store.rollback_to("v1").status == "current"
@@ -101,15 +103,10 @@ def test_reject_and_rollback(store):
         store.rollback_to("v4")
 
 
-def test_update_metrics_merges(store):
-    register(store, accuracy=0.5, forgetting=0.1)
-    updated = store.update_adapter_metrics("v1", {"accuracy": 0.75, "bwt": -0.02})
-    assert updated.metrics == {"accuracy": 0.75, "forgetting": 0.1, "bwt": -0.02}
-    with pytest.raises(InvalidParamsError):
-        store.update_adapter_metrics("v1", {"bad": {1, 2}})
-    assert store.get_adapter("v1").metrics == updated.metrics
-    diverged = store.update_adapter_metrics("v1", {"loss_last": float("nan")})  # JSON has no NaN
-    assert diverged.metrics["loss_last"] is None and diverged.metrics["accuracy"] == 0.75
+def test_metrics_json_cannot_hold_are_stored_as_null(store):
+    diverged = register(store, accuracy=0.75, loss_last=float("nan"), top=float("inf"))  # JSON has no NaN
+    assert diverged.metrics == {"accuracy": 0.75, "loss_last": None, "top": None}
+    assert store.get_adapter(diverged.version).metrics == diverged.metrics
 
 
 def test_adapter_paths_inside_the_data_dir_follow_a_moved_data_dir(tmp_path):

@@ -6,7 +6,6 @@ import pytest
 
 from feedback_store import (
     BufferNotFoundError,
-    BufferStateError,
     FeedbackStore,
     InvalidInputError,
     LeaseLostError,
@@ -106,21 +105,18 @@ def test_threshold_marks_ready_in_the_same_call_and_opens_a_new_buffer(store):
 
 def test_mark_ready(store):
     s = store.start_session()
-    with pytest.raises(NothingToTeachError, match="correct an answer first"):
+    with pytest.raises(NothingToTeachError, match="no corrections waiting") as nothing:
         store.mark_ready(s.id)
+    assert nothing.value.session_id == s.id
     _, buffer = corrected_buffer(store, n=1, ready=False)
     assert buffer.status == "open"
-    with pytest.raises(BufferNotFoundError, match="in this session"):
-        store.mark_ready(s.id, buffer.id)  # another session's buffer
-    owner = buffer.session_id
-    ready = store.mark_ready(owner, buffer.id)
-    assert ready.status == "ready" and ready.size == 1
-    assert store.mark_ready(owner, buffer.id) == ready  # idempotent
     with pytest.raises(NothingToTeachError):
-        store.mark_ready(owner)  # no open buffer any more
-    store.claim_ready_buffer("w", 60)
-    with pytest.raises(BufferStateError, match="already training"):
-        store.mark_ready(owner, buffer.id)
+        store.mark_ready(s.id)  # another session's open buffer is not this session's
+    assert store.get_buffer(buffer.id).status == "open"
+    ready = store.mark_ready(buffer.session_id)
+    assert (ready.id, ready.status, ready.size) == (buffer.id, "ready", 1) and ready.ready_at is not None
+    with pytest.raises(NothingToTeachError):
+        store.mark_ready(buffer.session_id)  # no open buffer any more
 
 
 def test_idle_buffers_become_ready(timed, clock):
@@ -158,18 +154,14 @@ def test_expired_lease_returns_the_buffer_and_the_old_worker_loses_it(timed, clo
     assert timed.renew_lease(buffer.id, "w1", 30) == clock.now + 30
     clock.advance(29)
     assert timed.claim_ready_buffer("w2", 30) is None  # renewed lease still valid
-    assert timed.release_expired_leases() == []
     clock.advance(2)
     assert timed.get_buffer(buffer.id).status == "training"  # expired, nobody looked yet
-    assert timed.release_expired_leases() == [buffer.id]
-    back = timed.get_buffer(buffer.id)
-    assert (back.status, back.claimed_by, back.lease_until, back.ready_at) == ("ready", None, None, buffer.ready_at)
-    with pytest.raises(LeaseLostError, match="it is ready"):
+    taken = timed.claim_ready_buffer("w2", 30)  # releases the expired lease, then claims
+    assert (taken.id, taken.claimed_by, taken.attempts, taken.ready_at) == (buffer.id, "w2", 2, buffer.ready_at)
+    assert taken.lease_until == clock.now + 30
+    with pytest.raises(LeaseLostError, match="no longer holds task buffer .*: it is training by w2") as lost:
         timed.renew_lease(buffer.id, "w1", 30)
-    taken = timed.claim_ready_buffer("w2", 30)
-    assert (taken.id, taken.claimed_by, taken.attempts) == (buffer.id, "w2", 2)
-    with pytest.raises(LeaseLostError, match="no longer holds task buffer"):
-        timed.renew_lease(buffer.id, "w1", 30)
+    assert lost.value.facts == {"buffer_id": buffer.id, "worker_id": "w1", "status": "training", "claimed_by": "w2"}
     with pytest.raises(LeaseLostError):
         timed.finish_claim(buffer.id, "w1", "trained")
     done = timed.finish_claim(buffer.id, "w2", "trained")
@@ -207,7 +199,7 @@ def test_finish_claim_records_outcome_and_validates(store):
     store.claim_ready_buffer("w", 60)
     with pytest.raises(InvalidInputError, match="'trained' or 'rejected'"):
         store.finish_claim(b1.id, "w", "done")
-    with pytest.raises(InvalidInputError, match="Give a reason"):
+    with pytest.raises(InvalidInputError, match="needs a reason"):
         store.finish_claim(b1.id, "w", "rejected", reason="  ")
     with pytest.raises(UnknownAdapterError):
         store.finish_claim(b1.id, "w", "trained", adapter_version="v7")

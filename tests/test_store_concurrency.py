@@ -149,8 +149,9 @@ def test_a_writer_blocked_too_long_gets_a_clear_error(tmp_path):
     blocker = sqlite3.connect(tmp_path / "d" / "store.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(StoreBusyError, match="busy.*Try again"):
+        with pytest.raises(StoreBusyError, match="locked for over 0.2 s") as busy:
             s.start_session()
+        assert busy.value.timeout == 0.2
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

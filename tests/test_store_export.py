@@ -1,4 +1,5 @@
-"""Feedback store: LLaVA-format and JSONL export, through the API and the CLI."""
+"""Export of what users taught: the LLaVA-format folder (``llaca.export``) and the store's
+JSONL export, through the API and the command lines."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import sys
 
 import pytest
 
+from PIL import Image
+
 from feedback_store import ExportError
-from feedback_store.export import export_jsonl, export_llava
+from feedback_store.export import export_jsonl
+from llaca.dataset import read_folder
+from llaca.export import export_llava
 from tests.test_store_support import REPO_ROOT, ask, png_bytes, store  # noqa: F401
 
 
@@ -35,9 +40,9 @@ def taught(store):
             "sha_blue": qb.image_sha256, "answers": (a1, a2, a3, ab)}
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, module: str = "feedback_store") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "feedback_store", *args], cwd=REPO_ROOT, capture_output=True,
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True,
         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
     )
 
@@ -45,29 +50,33 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_llava_export_writes_data_json_and_images(taught, tmp_path):
     store, out = taught["store"], tmp_path / "out"
     summary = export_llava(store, out)
-    assert (summary.records, summary.images, summary.skipped) == (3, 2, 1)  # "Say hi" has no image
+    assert (summary.records, summary.images, summary.skipped) == (3, 3, 1)  # "Say hi" has no image
     data = json.loads((out / "data.json").read_text())
-    red = f"images/{taught['sha_red']}.png"
-    assert [(d["image"], d["conversations"]) for d in data] == [
-        (red, [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]),
-        (red, [{"from": "human", "value": "<image>\nAnd the shape?"}, {"from": "gpt", "value": "square"}]),
-        (f"images/{taught['sha_blue']}.png",
-         [{"from": "human", "value": "<image>\nWhich side?"}, {"from": "gpt", "value": "right"}]),
+    assert [d["conversations"] for d in data] == [
+        [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+        [{"from": "human", "value": "<image>\nAnd the shape?"}, {"from": "gpt", "value": "square"}],
+        [{"from": "human", "value": "<image>\nWhich side?"}, {"from": "gpt", "value": "right"}],
     ]
-    assert len({d["id"] for d in data}) == 3
-    for d in data:
-        assert (out / d["image"]).read_bytes() == store.image_path(d["image"][7:-4]).read_bytes()
+    assert len({d["id"] for d in data}) == 3 and [d["image"] for d in data] == [f"images/{d['id']}.png" for d in data]
     provenance = {p["id"]: p for p in json.loads((out / "provenance.json").read_text())}
+    shas = [provenance[d["id"]]["image_sha256"] for d in data]
+    assert shas == [taught["sha_red"], taught["sha_red"], taught["sha_blue"]]
+    for d, sha in zip(data, shas):  # the stored image's pixels
+        assert pixels(out / d["image"]) == pixels(store.image_path(sha))
     first = provenance[data[0]["id"]]
     a1 = taught["answers"][0]
     assert (first["message_id"], first["previous_answer"], first["answer_adapter_version"]) == (a1.id, "green", "v1")
     assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "trained")
 
 
+def pixels(path) -> bytes:
+    with Image.open(path) as im:
+        return im.convert("RGB").tobytes()
+
+
 def test_llava_export_is_readable_by_the_projects_dataset_reader(taught, tmp_path):
-    dataset = pytest.importorskip("llaca.dataset")
     export_llava(taught["store"], tmp_path / "out")
-    samples = dataset.read_folder(tmp_path / "out")
+    samples = read_folder(tmp_path / "out")
     assert [(s.turns, s.image.size) for s in samples] == [
         ([("What colour?", "red")], (32, 24)), ([("And the shape?", "square")], (32, 24)),
         ([("Which side?", "right")], (32, 24)),
@@ -81,18 +90,22 @@ def test_llava_export_filters(taught, tmp_path):
     trained = export_llava(store, tmp_path / "trained", status="trained")
     data = json.loads((tmp_path / "trained" / "data.json").read_text())
     assert trained.records == 2 and [d["conversations"][1]["value"] for d in data] == ["red", "square"]
-    assert sorted(p.name for p in (tmp_path / "trained" / "images").iterdir()) == [f"{taught['sha_red']}.png"]
+    images = sorted((tmp_path / "trained" / "images").iterdir())
+    assert [p.name for p in images] == sorted(f"{d['id']}.png" for d in data)
+    assert {pixels(p) for p in images} == {pixels(store.image_path(taught["sha_red"]))}
     assert export_llava(store, tmp_path / "none", status="rejected").records == 0
 
 
 def test_export_refuses_a_non_empty_or_store_folder(taught, tmp_path):
     store, out = taught["store"], tmp_path / "out"
     export_llava(store, out)
-    with pytest.raises(ExportError, match="not empty. Choose a new folder or pass --force"):
+    with pytest.raises(ExportError, match="already exists and is not empty") as full:
         export_llava(store, out)
+    assert (full.value.path, full.value.reason) == (out, "not_empty")
     assert export_llava(store, out, overwrite=True).records == 3
-    with pytest.raises(ExportError, match="data dir"):
+    with pytest.raises(ExportError, match="inside the store's data dir") as inside:
         export_llava(store, store.data_dir / "images" / "x")
+    assert inside.value.reason == "inside_store" and not (store.data_dir / "images" / "x").exists()
 
 
 def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
@@ -116,31 +129,33 @@ def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
 def test_cli_export_and_check(taught, tmp_path):
     store = taught["store"]
     data_dir = str(store.data_dir)
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained")
+    done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained", module="llaca.export")
     assert done.returncode == 0, done.stderr
-    assert "wrote 2 corrections and 1 image to" in done.stdout and "left out 1 correction without" in done.stdout
+    assert "wrote 2 corrections and 2 images to" in done.stdout and "left out 1 correction without" in done.stdout
     assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
-    # LLACA_DATA_DIR is the default data dir; --format jsonl; --status is llava-only
-    done = run_cli("export", "--out", str(tmp_path / "j"), "--format", "jsonl", env={"LLACA_DATA_DIR": data_dir})
+    # LLACA_DATA_DIR is the default data dir; the store's own export is JSONL
+    done = run_cli("export", "--out", str(tmp_path / "j"), env={"LLACA_DATA_DIR": data_dir})
     assert done.returncode == 0, done.stderr
     assert "wrote 8 messages, 5 feedback rows" in done.stdout
     # --out FILE.jsonl writes that one file (the README's command), not a folder of that name
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"), "--format", "jsonl")
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"))
     assert done.returncode == 0, done.stderr
     assert "wrote 8 messages, 5 feedback rows to" in done.stdout and (tmp_path / "all.jsonl").is_file()
     rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert [r["record"] for r in rows] == ["message"] * 8 + ["feedback"] * 5
     assert all((store.data_dir / r["image"]).is_file() for r in rows if r.get("image"))  # relative to the data dir
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"), "--format", "jsonl")
-    assert done.returncode == 2 and "already exists" in done.stderr
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "c.jsonl"))
-    assert done.returncode == 2 and "add --format jsonl" in done.stderr and not (tmp_path / "c.jsonl").exists()
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--format", "jsonl", "--status", "trained")
-    assert done.returncode == 2 and "--status applies to --format llava only" in done.stderr
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"))
-    assert done.returncode == 2 and "pass --force" in done.stderr
-    done = run_cli("export", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"))
-    assert done.returncode == 2 and "no feedback store" in done.stderr
-    assert not (tmp_path / "nothing").exists() and not (tmp_path / "y").exists()
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "all.jsonl"))
+    assert done.returncode == 2 and "already exists. Choose a new one or pass --force" in done.stderr
+    done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "c.jsonl"), module="llaca.export")
+    assert done.returncode == 2 and "writes JSONL" in done.stderr and not (tmp_path / "c.jsonl").exists()
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--status", "trained")
+    assert done.returncode == 2 and "unrecognized arguments: --status" in done.stderr
+    done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "cli"), module="llaca.export")
+    assert done.returncode == 2 and "is not empty. Choose a new one or pass --force" in done.stderr
+    for module in ("feedback_store", "llaca.export"):
+        args = ("export",) if module == "feedback_store" else ()
+        done = run_cli(*args, "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"), module=module)
+        assert done.returncode == 2 and "no feedback store" in done.stderr
+        assert not (tmp_path / "nothing").exists() and not (tmp_path / "y").exists()
     done = run_cli("check", "--data-dir", data_dir)
     assert done.returncode == 0 and "integrity: ok" in done.stdout

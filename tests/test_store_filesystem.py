@@ -39,12 +39,13 @@ def test_no_table_or_no_covering_mount():
     assert filesystem_type("/x", "garbage line\n") is None
 
 
-def test_network_data_dir_is_refused_with_what_to_do(tmp_path):
+def test_network_data_dir_is_refused_with_why(tmp_path):
     table = TABLE + f"50 22 0:50 / {tmp_path} rw - nfs fs2:/vol rw\n"
     with pytest.raises(UnsafeFilesystemError) as err:
         check_data_dir(tmp_path / "data", table)
     msg = str(err.value)
-    assert "network filesystem (nfs)" in msg and "WAL" in msg and "LLACA_DATA_DIR" in msg and "llaca.tune" in msg
+    assert "network filesystem (nfs)" in msg and "WAL" in msg and "local disk" in msg
+    assert (err.value.path, err.value.fstype) == ((tmp_path / "data").resolve(), "nfs")
     assert check_data_dir(tmp_path / "data", TABLE) == "ext4"
 
 
@@ -54,7 +55,7 @@ def test_store_refuses_to_open_there_and_writes_nothing(tmp_path, monkeypatch, c
     with pytest.raises(UnsafeFilesystemError, match="nfs4"):
         FeedbackStore(tmp_path / "data")
     assert not (tmp_path / "data" / "store.db").exists()
-    with caplog.at_level(logging.WARNING, logger="feedback_store.store"):
+    with caplog.at_level(logging.WARNING, logger="feedback_store.base"):
         store = FeedbackStore(tmp_path / "data", journal_mode="DELETE")  # explicitly chosen: opens, with a warning
     store.close()
     assert "nfs4 in DELETE journal mode" in caplog.text

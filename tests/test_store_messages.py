@@ -29,6 +29,7 @@ def test_open_creates_only_the_data_dir_layout(tmp_path):
     data = tmp_path / "data"
     s = FeedbackStore(data)
     try:
+        s.start_session()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
         assert (data / "images").is_dir() and (data / "adapters").is_dir()
         db = s._conns.get()
@@ -42,10 +43,9 @@ def test_open_creates_only_the_data_dir_layout(tmp_path):
     assert {"store.db", "images", "adapters"} <= {p.name for p in data.iterdir()}
     with pytest.raises(StoreClosedError):
         s.start_session()
-    # reopening an existing store runs no migration and keeps data
-    s2 = FeedbackStore(data)
-    assert s2._conns.get().execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
-    s2.close()
+    # reopening an existing store keeps its data
+    with FeedbackStore(data) as s2:
+        assert s2._conns.get().execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
 
 
 def test_each_thread_gets_its_own_connection(store):
@@ -57,14 +57,15 @@ def test_each_thread_gets_its_own_connection(store):
     assert store._conns.get() is store._conns.get()
 
 
-def test_start_and_get_session(store):
+def test_start_session(store):
     s = store.start_session(user="ada", client="firefox")
-    assert store.get_session(s.id) == s
-    assert s.user == "ada" and s.client == "firefox"
+    row = store._conns.get().execute("SELECT id, user, client FROM sessions").fetchone()
+    assert s.user == "ada" and s.client == "firefox" and tuple(row) == (s.id, "ada", "firefox")
     anonymous = store.start_session()
     assert anonymous.user is None and anonymous.id != s.id
-    with pytest.raises(SessionNotFoundError):
-        store.get_session("no-such-session")
+    with pytest.raises(SessionNotFoundError) as missing:
+        store.session_history("no-such-session")
+    assert missing.value.session_id == "no-such-session"
 
 
 def test_user_message_with_image_is_stored_content_addressed(store):
@@ -75,9 +76,8 @@ def test_user_message_with_image_is_stored_content_addressed(store):
     data = path.read_bytes()
     assert path.parent == store.data_dir / "images"
     assert hashlib.sha256(data).hexdigest() == q.image_sha256
-    record = store.get_image(q.image_sha256)
-    assert (record.width, record.height, record.format, record.source_format) == (40, 20, "PNG", "JPEG")
-    assert record.bytes == len(data)
+    row = store._conns.get().execute("SELECT width, height, format, source_format, bytes FROM images").fetchone()
+    assert tuple(row) == (40, 20, "PNG", "JPEG", len(data))
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "PNG" and im.mode == "RGB" and im.size == (40, 20)
     assert store.get_message(s.id, q.id) == q
@@ -128,13 +128,13 @@ def test_follow_up_turns_find_the_conversation_image(store):
     q1, a1 = ask(store, s, "What colour?", "red", image=png_bytes((255, 0, 0)))
     q2, a2 = ask(store, s, "And its shape?", "square", parent_id=a1.id)
     assert q2.image_sha256 is None and q2.parent_id == a1.id
-    assert store.conversation_image(q2.id) == q1.image_sha256
-    assert store.conversation_image(a2.id) == q1.image_sha256
     q3, a3 = ask(store, s, "Now this one?", "blue", image=png_bytes((0, 0, 255)), parent_id=a2.id)
-    assert store.conversation_image(a3.id) == q3.image_sha256 != q1.image_sha256
-    text_only = store.record_user_message(s.id, "hello")
-    assert store.conversation_image(text_only.id) is None
-    assert store.conversation_image("nonexistent") is None
+    _, a4 = ask(store, s, "hello", "hi")  # a conversation without an image
+    for answer, fix in ((a2, "circle"), (a3, "green"), (a4, "hello")):  # a correction carries the turn's image
+        store.add_correction(s.id, answer.id, fix)
+    items = store.session_buffers(s.id)[0].items
+    assert [i.image_sha256 for i in items] == [q1.image_sha256, q3.image_sha256, None]
+    assert q3.image_sha256 != q1.image_sha256
 
 
 def test_record_answer_keeps_version_and_params(store):
@@ -148,10 +148,12 @@ def test_record_answer_keeps_version_and_params(store):
     assert a.image_sha256 is None
     base = store.record_answer(s.id, q.id, "", None, {})  # stopped before the first token
     assert base.text == "" and base.adapter_version is None
-    with pytest.raises(UnknownAdapterError, match="no adapter version 'v9'"):
+    with pytest.raises(UnknownAdapterError, match="no adapter version 'v9'") as unknown:
         store.record_answer(s.id, q.id, "left", "v9", {})
-    with pytest.raises(InvalidInputError, match="must reply to a user message"):
+    assert unknown.value.version == "v9"
+    with pytest.raises(InvalidInputError, match="must reply to a user message") as bad:
         store.record_answer(s.id, a.id, "again", None, {})
+    assert bad.value.field == "parent_id"
     other = store.start_session()
     with pytest.raises(MessageNotFoundError):
         store.record_answer(other.id, q.id, "left", None, {})
@@ -166,11 +168,12 @@ def test_likes_and_dislikes(store):
     assert (like.kind, like.value, like.session_id, like.message_id) == ("like", None, s.id, a.id)
     assert dislike.value == "  too vague " and dislike.id > like.id
     assert store.session_feedback(s.id) == [like, dislike]
-    with pytest.raises(InvalidFeedbackError, match="use 'like' or 'dislike'"):
+    with pytest.raises(InvalidFeedbackError, match="'love' is not 'like' or 'dislike'") as love:
         store.record_feedback(s.id, a.id, "love")
+    assert love.value.kind == "love"
     with pytest.raises(InvalidFeedbackError, match="add_correction"):
         store.record_feedback(s.id, a.id, "correction")
-    with pytest.raises(InvalidFeedbackError, match="Only the assistant's answers"):
+    with pytest.raises(InvalidFeedbackError, match="only the assistant's answers"):
         store.record_feedback(s.id, q.id, "like")
     assert len(store.session_feedback(s.id)) == 2
 
@@ -189,7 +192,7 @@ def test_sessions_are_isolated(store):
     with pytest.raises(MessageNotFoundError) as missing:
         store.get_message(bob.id, "00000000-0000-0000-0000-000000000000")
     assert str(other.value) == str(missing.value)  # no hint that the id exists elsewhere
-    assert "alice" not in str(other.value)
+    assert "alice" not in str(other.value) and other.value.facts == {"message_id": aa.id}
     for action in (
         lambda: store.record_feedback(bob.id, aa.id, "dislike"),
         lambda: store.add_correction(bob.id, aa.id, "bob overrides alice"),
@@ -212,8 +215,9 @@ def test_text_bytes_and_nul_characters(store):
 
 
 def test_image_lookup_errors(store):
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="no stored image") as missing:
         store.image_path("0" * 64)
+    assert missing.value.sha256 == "0" * 64
     with pytest.raises(NotFoundError):
         store.image_path("../../etc/passwd")
 
@@ -243,7 +247,7 @@ def test_cleanup_removes_only_old_orphans(store):
 def test_writer_restores_an_image_file_removed_before_its_row(store, monkeypatch):
     """An image file removed (by cleanup) between the file write and the row's
     transaction is written again under the write lock: a row never lacks its file."""
-    import feedback_store.store as store_module
+    import feedback_store.conversations as store_module
 
     real, calls = store_module.write_image_file, []
 
