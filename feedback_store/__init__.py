@@ -15,7 +15,8 @@ Modules: ``store`` (the FeedbackStore class and its core operations), ``buffers`
 status), ``schema`` (tables and migrations), ``connection`` (per-thread connections,
 transactions), ``images`` (validation, normalisation, atomic files), ``validation``
 (text and JSON checks), ``queries`` (shared lookups), ``records`` (dataclasses),
-``errors`` (exceptions), ``filesystem`` (refusing a network filesystem), ``export`` (LLaVA-format and JSONL export), ``__main__`` (CLI).
+``errors`` (exceptions), ``status`` (the status vocabulary of buffers, corrections, adapter
+versions and workers), ``filesystem`` (refusing a network filesystem), ``export`` (LLaVA-format and JSONL export), ``__main__`` (CLI).
 """
 
 from .errors import (
@@ -60,12 +61,14 @@ from .records import (
     plural,
 )
 from .schema import SCHEMA_VERSION
+from .status import AdapterStatus, BufferStatus, Split, WorkerActivity
 from .store import FeedbackStore
 
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback", "ImageRecord",
     "Message", "Session", "TaskBuffer", "WorkerState", "plural",
+    "AdapterStatus", "BufferStatus", "Split", "WorkerActivity",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError", "BufferStateError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",
     "InvalidEncodingError", "InvalidFeedbackError", "InvalidImageError", "InvalidInputError",

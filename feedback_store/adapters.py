@@ -48,8 +48,9 @@ class AdapterOpsMixin:
             return str(candidate)
 
     def next_adapter_version(self) -> str:
-        """The next free name "v1", "v2", ... (two racing workers: one register fails
-        with AdapterExistsError and should ask again)."""
+        """The next free name "v1", "v2", ... for a candidate about to be promoted (a rejected
+        candidate is registered under another name and takes no number; two racing
+        workers: one register fails with AdapterExistsError and should ask again)."""
         with self._conns.read() as db:
             numbers = [
                 int(m.group(1)) for r in fetch_all(db, "SELECT version FROM adapter_versions")

@@ -28,7 +28,7 @@ def taught(store):
     store.add_correction(alice.id, a3.id, "hi")
     buffer = store.mark_ready(alice.id)
     store.claim_ready_buffer("w", 60)
-    store.finish_claim(buffer.id, "w", "trained", adapter_version="v1")
+    store.finish_claim(buffer.id, "w", "promoted", adapter_version="v1")
     qb, ab = ask(store, bob, "Which side?", "left", image=png_bytes((0, 0, 255)))
     store.add_correction(bob.id, ab.id, "right")
     return {"store": store, "alice": alice, "bob": bob, "sha_red": q1.image_sha256,
@@ -61,7 +61,7 @@ def test_llava_export_writes_data_json_and_images(taught, tmp_path):
     first = provenance[data[0]["id"]]
     a1 = taught["answers"][0]
     assert (first["message_id"], first["previous_answer"], first["answer_adapter_version"]) == (a1.id, "green", "v1")
-    assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "trained")
+    assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "promoted")
 
 
 def test_llava_export_is_readable_by_the_projects_dataset_reader(taught, tmp_path):
@@ -78,10 +78,10 @@ def test_llava_export_filters(taught, tmp_path):
     store = taught["store"]
     by_session = export_llava(store, tmp_path / "bob", session_id=taught["bob"].id)
     assert by_session.records == 1 and by_session.images == 1
-    trained = export_llava(store, tmp_path / "trained", status="trained")
-    data = json.loads((tmp_path / "trained" / "data.json").read_text())
+    trained = export_llava(store, tmp_path / "promoted", status="promoted")
+    data = json.loads((tmp_path / "promoted" / "data.json").read_text())
     assert trained.records == 2 and [d["conversations"][1]["value"] for d in data] == ["red", "square"]
-    assert sorted(p.name for p in (tmp_path / "trained" / "images").iterdir()) == [f"{taught['sha_red']}.png"]
+    assert sorted(p.name for p in (tmp_path / "promoted" / "images").iterdir()) == [f"{taught['sha_red']}.png"]
     assert export_llava(store, tmp_path / "none", status="rejected").records == 0
 
 
@@ -116,7 +116,7 @@ def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
 def test_cli_export_and_check(taught, tmp_path):
     store = taught["store"]
     data_dir = str(store.data_dir)
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained")
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "promoted")
     assert done.returncode == 0, done.stderr
     assert "wrote 2 corrections and 1 image to" in done.stdout and "left out 1 correction without" in done.stdout
     assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
@@ -135,7 +135,7 @@ def test_cli_export_and_check(taught, tmp_path):
     assert done.returncode == 2 and "already exists" in done.stderr
     done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "c.jsonl"))
     assert done.returncode == 2 and "add --format jsonl" in done.stderr and not (tmp_path / "c.jsonl").exists()
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--format", "jsonl", "--status", "trained")
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--format", "jsonl", "--status", "promoted")
     assert done.returncode == 2 and "--status applies to --format llava only" in done.stderr
     done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "cli"))
     assert done.returncode == 2 and "pass --force" in done.stderr
