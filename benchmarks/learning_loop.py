@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.server import AppServer  # noqa: E402
 from llaca.evaluate import is_correct  # noqa: E402
-from llaca.world.build import heldout  # noqa: E402
+from llaca.world.heldout import heldout  # noqa: E402
 
 
 class Images:

@@ -36,12 +36,12 @@ import torch
 
 from .adapter_files import publish, staging_dir, sweep_staging
 from .dataset import VQASample, read_folder
-from .evaluate import adapter_applied
-from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
+from .evaluate import adapter_scores
+from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, decide
 from .liveness import HEARTBEAT_SECONDS, STOPPED
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .tune import run_command
-from .tuner import TuneConfig, TuneResult, library_versions, tune
+from .tuner import TuneConfig, TuneResult, library_versions, tune, uses_replay
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class WorkerConfig:
 
 def synthetic_probes(n: int) -> list[EvalSet]:
     """The base families every LLaVA here should keep answering: colour and shape of a shape."""
-    from .world.build import heldout
+    from .world.heldout import heldout
 
     return [EvalSet(f, PROBE, heldout(f, n, seed=777_000 + k)) for k, f in enumerate(("color", "shape"))]
 
@@ -250,15 +250,15 @@ class LearningWorker:
                 by_buffer[it.buffer_id].append(it)
         sets = [EvalSet(f"buffer {b}", EARLIER, self._samples(items)) for b, items in sorted(by_buffer.items())]
         replay: list[VQASample] = []
-        if "replay" in self.cfg.method:
+        if uses_replay(self.cfg.method):
             for b in sorted(by_buffer):
                 train = [it for it in self.store.buffer_items(b) if it.split == "train"]
                 replay += self._samples(train[: self.cfg.replay_per_buffer])
         return sets, replay
 
     def _eval_adapter(self, adapter: Path | None, sets: list[EvalSet]) -> dict[str, float]:
-        with adapter_applied(self.lm.model, adapter) as model:
-            return accuracies(model, self.lm.processor, sets)
+        scored = [s for s in sets if s.samples]
+        return dict(zip((s.name for s in scored), adapter_scores(self.lm, adapter, [s.samples for s in scored])))
 
     def process(self, buffer) -> str:
         cfg, store = self.cfg, self.store

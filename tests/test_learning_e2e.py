@@ -8,7 +8,7 @@ import pytest
 
 from app.server import AppServer
 from llaca.evaluate import is_correct
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import TINY
 
 

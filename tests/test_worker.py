@@ -15,10 +15,10 @@ import pytest
 from feedback_store import FeedbackStore
 from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
 from llaca.tune import TrainingCommandError
-from llaca.evaluate import adapter_applied, evaluate
+from llaca.evaluate import adapter_scores
 from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
 from llaca.worker import LearningWorker, WorkerConfig, sweep_training_dirs
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
 from tests.worker_helpers import teach
 
@@ -51,8 +51,7 @@ def test_publish_is_atomic_and_leftovers_are_swept(tmp_path):
 
 def served_accuracy(lm, store, family, n=100, seed=31337, size=64):
     cur = store.current_adapter()
-    with adapter_applied(lm.model, cur.path if cur else None) as model:
-        return evaluate(model, lm.processor, heldout(family, n, seed=seed, size=size)).accuracy
+    return adapter_scores(lm, cur.path if cur else None, [heldout(family, n, seed=seed, size=size)])[0]
 
 
 @pytest.mark.slow

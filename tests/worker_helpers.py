@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 
 
 def png(image) -> bytes:
