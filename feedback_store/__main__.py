@@ -5,7 +5,8 @@ default; filter with ``--session`` and ``--status``) or every message and feedba
 as JSONL (``--format jsonl``: into a folder with the images, or into ``--out FILE.jsonl``). ``check`` runs SQLite's integrity and foreign-key checks
 and reports (``--cleanup``: removes) image files left by crashes.
 
-``--data-dir`` defaults to ``$LLACA_DATA_DIR`` or ``./data``. Exit status: 0 ok,
+``--data-dir`` defaults to ``./data`` (the store reads no environment variable: the app's
+``LLACA_*`` settings are read by ``llaca.config`` alone). Exit status: 0 ok,
 1 check found problems, 2 usage or store error (the message says what to do).
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ def _parser(default_data_dir: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir", type=Path, default=Path(default_data_dir),
-        help="folder holding store.db and images/ (default: $LLACA_DATA_DIR or ./data)",
+        help="folder holding store.db and images/ (default: ./data)",
     )
     exp = sub.add_parser("export", parents=[common], help="export corrections or all messages")
     exp.add_argument("--out", type=Path, required=True,
@@ -47,11 +47,11 @@ def _parser(default_data_dir: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser(os.environ.get("LLACA_DATA_DIR", "./data")).parse_args(argv)
+    args = _parser("./data").parse_args(argv)
     if not (args.data_dir / DB_FILENAME).is_file():
         print(
             f"error: no feedback store in {args.data_dir} (no {DB_FILENAME}). "
-            "Pass --data-dir or set LLACA_DATA_DIR.", file=sys.stderr,
+            "Pass the app's data dir as --data-dir.", file=sys.stderr,
         )
         return 2
     try:

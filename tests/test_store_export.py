@@ -120,8 +120,8 @@ def test_cli_export_and_check(taught, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "wrote 2 corrections and 1 image to" in done.stdout and "left out 1 correction without" in done.stdout
     assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
-    # LLACA_DATA_DIR is the default data dir; --format jsonl; --status is llava-only
-    done = run_cli("export", "--out", str(tmp_path / "j"), "--format", "jsonl", env={"LLACA_DATA_DIR": data_dir})
+    # --format jsonl; --status is llava-only
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "j"), "--format", "jsonl")
     assert done.returncode == 0, done.stderr
     assert "wrote 8 messages, 5 feedback rows" in done.stdout
     # --out FILE.jsonl writes that one file (the README's command), not a folder of that name
