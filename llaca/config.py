@@ -116,12 +116,6 @@ class Settings:
     def admin_enabled(self) -> bool:
         return bool(self.admin_password)
 
-    def describe(self) -> dict:
-        """The settings as a dict with the password hidden (for logs and /status)."""
-        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        out["admin_password"] = "set" if self.admin_enabled else None
-        return out
-
     def configure_logging(self, default: str = "INFO", fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
         """Set up the root logger at the `log_level` setting (``default`` when it is unset)."""
         logging.basicConfig(level=self.log_level or default, format=fmt)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from feedback_store import FeedbackStore
-from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
+from llaca.adapter_files import publish, staging_dir, sweep_staging
 from llaca.tune import TrainingCommandError
 from llaca.evaluate import adapter_scores
 from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
@@ -22,7 +22,7 @@ from llaca.config import Settings
 from llaca.worker import LearningWorker, WorkerConfig, sweep_training_dirs
 from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
-from tests.worker_helpers import teach
+from tests.worker_helpers import is_complete, teach
 
 
 def test_guard_rule():

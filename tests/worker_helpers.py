@@ -7,6 +7,16 @@ import io
 from llaca.world.heldout import heldout
 
 
+def is_complete(path) -> bool:
+    """A published adapter folder: not a staging folder, and peft's files are all there."""
+    from pathlib import Path
+
+    from llaca.adapter_files import REQUIRED
+
+    path = Path(path)
+    return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
+
+
 def png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
