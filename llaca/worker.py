@@ -287,11 +287,12 @@ class LearningWorker:
 
     def _recover(self, buffer) -> str | None:
         """Finish what a crashed attempt on this buffer already produced, instead of training again."""
-        cfg, store = self.cfg, self.store
+        store = self.store
         for a in store.list_adapters():
-            if not a.metrics or AdapterMetrics.from_dict(a.metrics).buffer != buffer.id or not Path(a.path).exists():
+            record = AdapterMetrics.from_dict(a.metrics) if a.metrics else None
+            if record is None or record.buffer != buffer.id or not Path(a.path).exists():
                 continue
-            guard = AdapterMetrics.from_dict(a.metrics).guard
+            guard = record.guard
             if a.status == AdapterStatus.CANDIDATE:  # crashed between registering and promoting
                 a = store.promote_adapter(a.version) if guard.passed else store.reject_adapter(a.version, guard.reason)
             outcome = BufferStatus.REJECTED if a.status == AdapterStatus.REJECTED else BufferStatus.PROMOTED
