@@ -35,11 +35,7 @@ def start_learning_worker(settings, store):
         return None
     from llaca.worker import WorkerConfig, start_background
 
-    cfg = WorkerConfig(
-        data_dir=settings.data_dir, model=settings.model, device=settings.device, method=settings.learn_method,
-        steps=settings.learn_steps, margin=settings.guard_margin, idle_ready_seconds=settings.idle_ready or None,
-        threads=settings.worker_threads, train_command=settings.train_command,
-    )
+    cfg = WorkerConfig(settings)  # the same configuration as `python -m llaca.worker` under the same variables
     worker, _thread = start_background(cfg, store)
     log.info("learning worker %s started in the background", cfg.worker_id)
     return worker
@@ -53,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=os.environ.get("LLACA_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.threads:
         import torch

@@ -13,9 +13,12 @@ endpoints. One ``gradio_client.Client`` is one Gradio session, which is one stor
     /rate(message_id, rating)            rating: "like" | "dislike" -> confirmation text
     /correct(message_id, corrected_answer) -> (buffer_id, buffer_size, buffer_status)
     /teach()                             -> {"buffer_id", "size", "status"} (marks the buffer ready)
-    /status()                            -> {"adapter_version", "current_adapter", "learning" (the status
-                                            line's words), "worker" (live workers), "workers_not_responding",
-                                            "workers_stopped", "buffers", ...}
+    /status()                            -> {"adapter_version", "current_adapter", "current_metrics" (the
+                                            current version's metrics record, ``llaca.adapter_metrics``, with
+                                            its average accuracy and forgetting; None for the base model),
+                                            "learning" (the status line's words), "worker" (live workers),
+                                            "workers_not_responding", "workers_stopped", "buffers", ...}
+        Status words (buffers, workers) are those of ``feedback_store.status``.
     /stop()                              -> number of generations stopped in this session
 
 Errors raise ``gr.Error`` with the reason (the client raises it as ``AppError``).
@@ -38,7 +41,7 @@ from .errors import UserError, user_message
 from .feedback import like_kind
 from .services import Services, paced
 from .state import SessionState
-from .panels import worker_summary
+from .panels import metrics_of, worker_summary
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,7 @@ class ApiHandlers:
             "model": self.s.model_name,
             "adapter_version": self.s.assistant.version,
             "current_adapter": current.version if current else BASE,
+            "current_metrics": m.summary() if current and (m := metrics_of(current)) else None,
             "buffer_size": self.s.settings.buffer_size,
             "session_id": state.session_id,
             "learning": worker_summary(workers, now),  # the page's status line says the same

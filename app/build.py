@@ -36,7 +36,7 @@ CSS = """
 #llaca-header h1 {margin-bottom: 0}
 .llaca-badge {display:inline-block; padding:1px 8px; border-radius:10px; font-size:0.85em; margin-left:6px; background:#e5e7eb; color:#111}
 .llaca-open {background:#e0e7ff} .llaca-ready {background:#fef3c7} .llaca-training {background:#dbeafe}
-.llaca-trained {background:#dcfce7} .llaca-rejected {background:#fee2e2}
+.llaca-promoted {background:#dcfce7} .llaca-rejected {background:#fee2e2}
 .llaca-buffer {border:1px solid var(--border-color-primary); border-radius:8px; padding:8px; margin-bottom:8px}
 .llaca-buffer progress {width:100%}
 .llaca-items {width:100%; font-size:0.9em; border-collapse:collapse}

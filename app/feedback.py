@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from feedback_store import plural
+from feedback_store import BufferStatus, plural
 
 from .chat import align, chatbot_update
 from .errors import UserError, user_message
@@ -49,7 +49,7 @@ def like_kind(liked: Any) -> str | None:
 
 def buffer_ack(size: int, status: str) -> str:
     text = f"Saved: {plural(size, 'correction')} in this session's buffer"
-    if status == "ready":
+    if status == BufferStatus.READY:
         text += " - it is ready and queued for learning"
     return text + "."
 

@@ -24,7 +24,8 @@ import gradio as gr
 from matplotlib.figure import Figure
 from PIL import Image
 
-from feedback_store import AdapterVersion, TaskBuffer, WorkerState, plural
+from feedback_store import AdapterStatus, AdapterVersion, BufferStatus, TaskBuffer, WorkerActivity, WorkerState, plural
+from llaca.adapter_metrics import AdapterMetrics
 from llaca.liveness import classify
 from llaca.plots import matrix_heatmap
 
@@ -90,12 +91,12 @@ def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
     for w in live:
         name = f"worker {w.worker_id}" if several else "worker"
         d = w.detail or {}
-        if w.state == "training" and d.get("buffer") is not None:
+        if w.state == WorkerActivity.TRAINING and d.get("buffer") is not None:
             step, total = d.get("step"), d.get("total")
             where = f" {step}/{total}" if step is not None and total else ""
             parts.append(f"{name} training buffer #{d['buffer']}{where}")
-        elif w.state in ("promoted", "rejected") and d.get("buffer") is not None:
-            what = f"promoted {d.get('version')}" if w.state == "promoted" else f"rejected buffer #{d['buffer']}"
+        elif w.state in (WorkerActivity.PROMOTED, WorkerActivity.REJECTED) and d.get("buffer") is not None:
+            what = f"promoted {d.get('version')}" if w.state == WorkerActivity.PROMOTED else f"rejected buffer #{d['buffer']}"
             parts.append(f"{name} {what}")
         else:
             parts.append(f"{name} {w.state}")
@@ -107,23 +108,17 @@ def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
 def _worker_on(buffer: TaskBuffer, workers: list[WorkerState]) -> WorkerState | None:
     """The worker whose last report is about this buffer (``detail["buffer"]``)."""
     for w in workers:
-        d = w.detail or {}
-        if buffer.id in (d.get("buffer"), d.get("buffer_id")):
+        if (w.detail or {}).get("buffer") == buffer.id:
             return w
     return None
 
 
 def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
+    """Training progress (0-1) from the worker's ``training`` report: ``step`` of ``total``."""
     w = _worker_on(buffer, workers)
-    if w is None or w.state != "training":
+    if w is None or w.state != WorkerActivity.TRAINING or not w.detail.get("total"):
         return None
-    d = w.detail or {}
-    if isinstance(d.get("progress"), (int, float)):
-        return max(0.0, min(1.0, float(d["progress"])))
-    step, total = d.get("step"), d.get("total", d.get("steps"))
-    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        return max(0.0, min(1.0, step / total))
-    return None
+    return max(0.0, min(1.0, w.detail["step"] / w.detail["total"]))
 
 
 def learning_rule(threshold: int) -> str:
@@ -149,21 +144,21 @@ def too_small_to_test(size: int) -> bool:
 
 def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int) -> tuple[str, str]:
     """(css class, words) for where a buffer is in the learning pipeline."""
-    if buffer.status == "open":
+    if buffer.status == BufferStatus.OPEN:
         return "open", f"collecting ({buffer.size}/{threshold}; press Teach now to learn sooner)"
-    if buffer.status == "ready":
+    if buffer.status == BufferStatus.READY:
         if not classify(workers).live:
             return "ready", "queued for learning - no learning worker is running, it waits for one"
         return "ready", "queued for learning"
-    if buffer.status == "training":
+    if buffer.status == BufferStatus.TRAINING:
         w = _worker_on(buffer, workers)
-        if w is not None and w.state == "evaluating":
+        if w is not None and w.state == WorkerActivity.EVALUATING:
             return "training", "checking it does not forget"
         p = _progress(buffer, workers)
         return "training", "training" + (f" {p:.0%}" if p is not None else "")
-    if buffer.status == "trained":
-        return "trained", f"promoted as {buffer.adapter_version}" if buffer.adapter_version else "trained"
-    if buffer.status == "rejected":
+    if buffer.status == BufferStatus.PROMOTED:
+        return "promoted", f"promoted as {buffer.adapter_version}"
+    if buffer.status == BufferStatus.REJECTED:
         reason = (buffer.reason or "no reason given").removeprefix("rejected: ")
         return "rejected", f"rejected: {reason}; the served version stays"
     return buffer.status, buffer.status
@@ -177,11 +172,11 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
     for b in reversed(buffers):
         cls, words = buffer_status(b, workers, threshold)
         bar = ""
-        if b.status == "training":
+        if b.status == BufferStatus.TRAINING:
             p = _progress(b, workers)
             bar = f"<progress max='1' value='{p:.3f}'></progress>" if p is not None else "<progress></progress>"
         rows = []
-        shown = max_items if b.status in ("open", "ready") else max_items_done  # learned buffers: a glimpse
+        shown = max_items if b.status in (BufferStatus.OPEN, BufferStatus.READY) else max_items_done  # learned buffers: a glimpse
         for item in list(reversed(b.items))[:shown]:
             src = thumbs.get(item.image_sha256)
             img = f"<img src='{src}' alt='image' width='40' height='40'>" if src else ""
@@ -279,38 +274,27 @@ class Panels:
     def adapters_table(self, adapters: list[AdapterVersion]) -> list[list[Any]]:
         rows = []
         for a in reversed(adapters):
-            m = a.metrics or {}
-            guard = m.get("guard")
-            verdict, guard_reason = "", None
-            if isinstance(guard, dict):
-                if "passed" in guard:
-                    verdict = "passed" if guard["passed"] else "failed"
-                else:
-                    verdict = str(guard.get("verdict", ""))
-                guard_reason = guard.get("reason")
+            m = metrics_of(a)
             rows.append([
                 a.version, a.status, a.parent_version or "base",
                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.created_at)),
-                _num(average_accuracy(m)), _num(worst_forgetting(m)), verdict, a.reason or guard_reason or "",
+                _num(m and m.average_accuracy), _num(m and m.worst_forgetting),
+                ("passed" if m.guard.passed else "failed") if m else "", a.reason or (m.guard.reason if m else ""),
             ])
         return rows
 
     def matrix_figure(self, adapter: AdapterVersion | None) -> Figure | None:
-        m = (adapter.metrics or {}) if adapter else {}
-        matrix, tasks = m.get("matrix"), m.get("tasks")
-        if not matrix or not tasks:
+        m = metrics_of(adapter) if adapter else None
+        if m is None:
             return None
-        fig = Figure(figsize=(5.2, 0.9 + 0.55 * len(matrix)), constrained_layout=True)
+        fig = Figure(figsize=(5.2, 0.9 + 0.55 * len(m.matrix)), constrained_layout=True)
         ax = fig.add_subplot(1, 1, 1)
-        matrix_heatmap(ax, matrix, tasks, f"accuracy (%) of each version on each task, as of {adapter.version}")
-        labels = m.get("row_labels")
-        if isinstance(labels, list) and len(labels) == len(matrix):  # rows are the versions served in turn
-            ax.set_yticks(range(len(labels)), [str(x) for x in labels], fontsize=7)
+        matrix_heatmap(ax, m.matrix, m.tasks, f"accuracy (%) of each version on each task, as of {adapter.version}")
+        ax.set_yticks(range(len(m.row_labels)), m.row_labels, fontsize=7)  # rows are the versions served in turn
         return fig
 
     def forgetting_figure(self, adapters: list[AdapterVersion]) -> Figure | None:
-        points = [(a.version, worst_forgetting(a.metrics or {}), average_accuracy(a.metrics or {})) for a in adapters]
-        points = [p for p in points if p[1] is not None or p[2] is not None]
+        points = [(a.version, m.worst_forgetting, m.average_accuracy) for a in adapters if (m := metrics_of(a))]
         if not points:
             return None
         fig = Figure(figsize=(4.8, 3.0), constrained_layout=True)
@@ -329,12 +313,12 @@ class Panels:
     def dashboard(self, chosen: str | None = None):
         """Outputs: summary, table, matrix plot, forgetting plot, version picker, rollback picker."""
         adapters = self.s.store.list_adapters()
-        current = next((a for a in adapters if a.status == "current"), None)
+        current = next((a for a in adapters if a.status == AdapterStatus.CURRENT), None)
         versions = [a.version for a in adapters]
         if chosen not in versions:
             chosen = current.version if current else (versions[-1] if versions else None)
         adapter = next((a for a in adapters if a.version == chosen), None)
-        rollback_choices = [BASE_CHOICE] + [a.version for a in adapters if a.status != "rejected"]
+        rollback_choices = [BASE_CHOICE] + [a.version for a in adapters if a.status != AdapterStatus.REJECTED]
         summary = (
             f"**{len(adapters)}** adapter version{'s' if len(adapters) != 1 else ''} · current: "
             f"**{current.version if current else 'base'}** · serving now: **{self.s.assistant.version}**"
@@ -375,26 +359,10 @@ class Panels:
         return (f"✅ {msg}",) + tuple(self.dashboard(chosen))
 
 
-def average_accuracy(metrics: dict) -> float | None:
-    """Mean accuracy of the version's own row of the accuracy matrix (its last row)."""
-    if isinstance(metrics.get("avg_acc"), (int, float)):
-        return float(metrics["avg_acc"])
-    matrix = metrics.get("matrix")
-    if not matrix or not isinstance(matrix[-1], list):
-        return None
-    values = [v for v in matrix[-1] if isinstance(v, (int, float))]
-    return sum(values) / len(values) if values else None
-
-
-def worst_forgetting(metrics: dict) -> float | None:
-    """Forgetting as recorded: a number, or per task (then the worst task's)."""
-    f = metrics.get("forgetting")
-    if isinstance(f, (int, float)):
-        return float(f)
-    if isinstance(f, dict):
-        values = [v for v in f.values() if isinstance(v, (int, float))]
-        return max(values) if values else None
-    return None
+def metrics_of(adapter: AdapterVersion) -> AdapterMetrics | None:
+    """The version's metrics record (``llaca.adapter_metrics``); None for a version registered
+    without any (not by the learning worker). A malformed record raises."""
+    return AdapterMetrics.from_dict(adapter.metrics) if adapter.metrics else None
 
 
 def _num(value: Any) -> str:

@@ -122,7 +122,7 @@ def traced_run(args) -> tuple[dict, TrajectoryRecorder, dict]:
     """The tuning run of part (a): returns the EMA trace, the recorded trajectories, run info."""
     from llaca.model import load_model
     from llaca.tuner import TuneConfig, tune
-    from llaca.world.build import heldout
+    from llaca.world.heldout import heldout
 
     lm = load_model(args.model, device="cpu")
     samples = heldout(args.family, args.samples, seed=args.data_seed)

@@ -179,7 +179,7 @@ def measure_tiny_training_step(model_path: str, repeats: int, warmup: int, batch
     from llaca.encoding import answer_loss, encode_supervised
     from llaca.model import load_model
     from llaca.tuner import LM_TARGETS
-    from llaca.world.build import heldout
+    from llaca.world.heldout import heldout
 
     lm = load_model(model_path, device="cpu")
     model = get_peft_model(lm.model, LoraConfig(r=16, lora_alpha=32, target_modules=LM_TARGETS))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from llaca.encoding import messages_for  # noqa: E402
 from llaca.model import load_model  # noqa: E402
-from llaca.world.build import heldout  # noqa: E402
+from llaca.world.heldout import heldout  # noqa: E402
 
 
 def extract_model(rev: str, into: Path) -> Path:

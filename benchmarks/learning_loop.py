@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.server import AppServer  # noqa: E402
 from llaca.evaluate import is_correct  # noqa: E402
-from llaca.world.build import heldout  # noqa: E402
+from llaca.metrics import online_forgetting  # noqa: E402
+from llaca.world.heldout import heldout  # noqa: E402
 
 
 class Images:
@@ -139,7 +140,7 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
             while time.perf_counter() - t_fill < args.timeout:
                 st = status(teacher)
                 buf = next(b for b in st["buffers"] if b["id"] == buffer_id)
-                if buf["status"] in ("trained", "rejected"):
+                if buf["status"] in ("promoted", "rejected"):
                     break
                 if any(w["state"] == "training" for w in st["worker"]):
                     im, q, _ = probe[k % len(probe)]
@@ -149,7 +150,7 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
                     time.sleep(0.3)
             t_done = time.perf_counter() - t_fill
             learned_at = None
-            if buf["status"] == "trained":
+            if buf["status"] == "promoted":
                 for image, q, a in images.fresh(family, 20, seed + 50):
                     got, _, version = ask(teacher, image, q)
                     if is_correct(got, a):
@@ -162,11 +163,12 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
                                       "seconds_to_decision": round(t_done, 1),
                                       "seconds_to_correct_answer": round(learned_at, 1) if learned_at else None})
             print(f"{family}: {buf['status']} as {buf['adapter_version']} after {t_done:.0f}s; accuracy {row}", flush=True)
-    rows, finals = report["rows"], report["rows"][-1]
-    # forgetting: best accuracy since the family was known (base families: from the start;
-    # taught families: from the row after their buffer) minus the final accuracy
+    rows = report["rows"]
+    # forgetting (llaca.metrics): best accuracy since the family was known (base families: from
+    # the start; taught families: from the row after their buffer) minus the final accuracy
     first_row = {f: 0 for f in ("color", "shape")} | {f: k + 1 for k, f in enumerate(families)}
-    forgetting = {f: round(max(r[f] for r in rows[first_row[f]:]) - finals[f], 1) for f in all_families}
+    known = [[r[f] if i >= first_row[f] else None for f in all_families] for i, r in enumerate(rows)]
+    forgetting = {f: round(v, 1) for f, v in online_forgetting(all_families, known).items()}
     report["forgetting"] = forgetting
     report["ttft_idle_median_s"] = round(statistics.median(idle), 4)
     report["ttft_training_median_s"] = round(statistics.median(busy), 4) if busy else None
@@ -179,7 +181,7 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
     print("after      " + " ".join(f"{f:>9}" for f in all_families))
     for r in report["rows"]:
         print(f"{r['after']:<10} " + " ".join(f"{r[f]:>9.1f}" for f in all_families))
-    print("forgetting " + " ".join(f"{forgetting[f]:>9.1f}" for f in all_families))
+    print("forgetting " + " ".join(f"{forgetting[f]:>9.1f}" if f in forgetting else f"{'-':>9}" for f in all_families))
     print(f"\nTTFT idle {report['ttft_idle_median_s'] * 1000:.1f} ms (n={len(idle)}), while training "
           f"{(report['ttft_training_median_s'] or 0) * 1000:.1f} ms (n={len(busy)}): ratio {report['ttft_ratio']} (target <= 2)")
     if args.json:

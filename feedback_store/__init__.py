@@ -13,7 +13,8 @@ it between threads::
 Modules: ``store`` (``FeedbackStore``, assembled from ``base``, ``conversations``,
 ``buffers`` and ``adapters``), ``schema`` (the tables and the version check),
 ``connection`` (per-thread connections, transactions), ``queries`` (shared lookups),
-``records`` (dataclasses), ``errors`` (typed exceptions), ``validation`` (text and JSON
+``records`` (dataclasses), ``status`` (the status vocabulary of buffers, corrections,
+adapter versions and workers), ``errors`` (typed exceptions), ``validation`` (text and JSON
 checks), ``images`` (image validation and normalisation), ``files`` (crash-safe writes),
 ``filesystem`` (refusing a network filesystem), ``export`` (reading corrections out,
 JSONL), ``cli`` (``python -m feedback_store``).
@@ -50,12 +51,14 @@ from .records import (
     AdapterVersion, BufferItem, BufferState, CleanupReport, Feedback, Message, Session, TaskBuffer, WorkerState, plural,
 )
 from .schema import SCHEMA_VERSION
+from .status import AdapterStatus, BufferStatus, Split, WorkerActivity
 from .store import FeedbackStore
 
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback",
     "Message", "Session", "TaskBuffer", "WorkerState", "plural",
+    "AdapterStatus", "BufferStatus", "Split", "WorkerActivity",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",
     "InvalidEncodingError", "InvalidFeedbackError", "InvalidImageError", "InvalidInputError",

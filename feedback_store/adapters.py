@@ -45,8 +45,9 @@ class Adapters(StoreBase):
             return str(candidate)
 
     def next_adapter_version(self) -> str:
-        """The next free name "v1", "v2", ... (two racing workers: one register fails
-        with AdapterExistsError and should ask again)."""
+        """The next free name "v1", "v2", ... for a candidate about to be promoted (a rejected
+        candidate is registered under another name and takes no number; two racing
+        workers: one register fails with AdapterExistsError and should ask again)."""
         with self._conns.read() as db:
             names = [r["version"] for r in db.query("SELECT version FROM adapter_versions")]
         return f"v{max((int(m.group(1)) for n in names if (m := _NUMBERED.match(n))), default=0) + 1}"

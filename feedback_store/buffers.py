@@ -3,7 +3,7 @@
 Life of a buffer::
 
     open --(size threshold | user asks | idle timeout)--> ready
-    ready --claim (lease; attempts + 1)--> training --finish--> trained | rejected
+    ready --claim (lease; attempts + 1)--> training --finish--> promoted | rejected
     training, lease expired --claim--> ready (and claimed again)
     training, lease expired, attempts >= max_claim_attempts --same--> rejected
 
@@ -38,6 +38,7 @@ from .queries import (
     require_session,
 )
 from .records import SPLITS, BufferItem, BufferState, TaskBuffer, from_row
+from .status import BUFFER_OUTCOMES, BufferStatus
 from .validation import clean_optional_text, clean_text, require_worker
 
 log = logging.getLogger(__name__)
@@ -209,10 +210,10 @@ class Buffers(Conversations):
         self, buffer_id: int, worker_id: str, status: str, reason: str | None = None,
         adapter_version: str | None = None,
     ) -> TaskBuffer:
-        """End a claim: ``trained`` (with the adapter version it produced) or
-        ``rejected`` (with the reason, shown to the user)."""
-        if status not in ("trained", "rejected"):
-            raise InvalidInputError(f"status must be 'trained' or 'rejected', not {status!r}", field="status")
+        """End a claim: ``promoted`` (with the adapter version now served) or ``rejected``
+        (with the reason, shown to the user, and the rejected candidate's name if any)."""
+        if status not in BUFFER_OUTCOMES:
+            raise InvalidInputError(f"status must be 'promoted' or 'rejected', not {status!r}", field="status")
         why = clean_optional_text(reason, what="reason", max_chars=self.max_answer_chars)
         if status == "rejected" and why is None:
             raise InvalidInputError("a rejected buffer needs a reason", field="reason")
@@ -250,7 +251,7 @@ class Buffers(Conversations):
                                         item_id=item_id, buffer_id=buffer_id)
             return list(items_of(db, buffer_id))
 
-    def heldout_items(self, status: str = "trained") -> list[BufferItem]:
+    def heldout_items(self, status: str = BufferStatus.PROMOTED) -> list[BufferItem]:
         """Held-out items of every buffer with ``status``, oldest buffer first (the
         worker re-evaluates them to detect forgetting)."""
         with self._conns.read() as db:

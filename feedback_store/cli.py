@@ -5,7 +5,8 @@ into a folder with the images. ``check`` runs SQLite's integrity and foreign-key
 and reports (``--cleanup``: removes) image files left by crashes. The corrections as a
 LLaVA-format training folder are ``python -m llaca.export`` (it uses ``store_command``).
 
-``--data-dir`` defaults to ``$LLACA_DATA_DIR`` or ``./data``. Exit status: 0 ok,
+``--data-dir`` defaults to ``./data`` (the store reads no environment variable: the app's
+``LLACA_*`` settings are read by ``llaca.config`` alone). Exit status: 0 ok,
 1 check found problems, 2 usage or store error.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -28,8 +28,8 @@ from .store import FeedbackStore
 def data_dir_parent() -> argparse.ArgumentParser:
     """The ``--data-dir`` option, as a parent parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LLACA_DATA_DIR", "./data")),
-                        help="folder holding store.db and images/ (default: $LLACA_DATA_DIR or ./data)")
+    common.add_argument("--data-dir", type=Path, default=Path("./data"),
+                        help="folder holding store.db and images/ (default: ./data)")
     return common
 
 
@@ -38,7 +38,7 @@ def store_command(data_dir: Path, command: Callable[[FeedbackStore], int]) -> in
     reported on stderr with exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (data_dir / DB_FILENAME).is_file():
-        return _fail(f"no feedback store in {data_dir} (no {DB_FILENAME}). Pass --data-dir or set LLACA_DATA_DIR.")
+        return _fail(f"no feedback store in {data_dir} (no {DB_FILENAME}). Pass the app's data folder as --data-dir.")
     try:
         with FeedbackStore(data_dir) as store:
             return command(store)

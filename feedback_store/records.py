@@ -11,17 +11,16 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping, TypeVar
 
+from .status import AdapterStatus, BufferStatus, Split
+
 Role = Literal["user", "assistant"]
 FeedbackKind = Literal["like", "dislike", "correction"]
-BufferStatus = Literal["open", "ready", "training", "trained", "rejected"]
-Split = Literal["train", "heldout"]
-AdapterStatus = Literal["candidate", "current", "rejected", "retired"]
 
 ROLES: tuple[str, ...] = ("user", "assistant")
 FEEDBACK_KINDS: tuple[str, ...] = ("like", "dislike", "correction")
-BUFFER_STATUSES: tuple[str, ...] = ("open", "ready", "training", "trained", "rejected")
-SPLITS: tuple[str, ...] = ("train", "heldout")
-ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "current", "rejected", "retired")
+BUFFER_STATUSES: tuple[str, ...] = tuple(BufferStatus)
+SPLITS: tuple[str, ...] = tuple(Split)
+ADAPTER_STATUSES: tuple[str, ...] = tuple(AdapterStatus)
 
 
 def iso_time(seconds: float | None) -> str | None:

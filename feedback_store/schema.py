@@ -83,7 +83,7 @@ CREATE INDEX idx_feedback_session ON feedback(session_id);
 CREATE TABLE task_buffers (
     id INTEGER PRIMARY KEY,
     session_id TEXT NOT NULL REFERENCES sessions(id),
-    status TEXT NOT NULL CHECK (status IN ('open', 'ready', 'training', 'trained', 'rejected')),
+    status TEXT NOT NULL CHECK (status IN ('open', 'ready', 'training', 'promoted', 'rejected')),
     adapter_version TEXT REFERENCES adapter_versions(version),
     claimed_by TEXT,
     lease_until REAL,

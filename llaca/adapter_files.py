@@ -46,11 +46,6 @@ def publish(staging: Path, adapters_dir: Path, version: str) -> Path:
     return final
 
 
-def is_complete(path: Path) -> bool:
-    path = Path(path)
-    return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
-
-
 def sweep_staging(adapters_dir: Path) -> list[Path]:
     """Remove `*.tmp` folders left by a crash mid-write (they were never published)."""
     removed = []

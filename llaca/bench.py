@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .continual import METHODS, Task, check_methods, run_method, scores
+from .continual import METHODS, Task, check_methods, run_method
 from .dataset import read_folder
-from .model import DEFAULT_MODEL, load_model
+from .evaluate import adapter_scores
+from .config import DEFAULT_MODEL
+from .model import load_model
 from .tuner import TuneConfig
-from .world.build import heldout
+from .world.heldout import heldout
 from .world.families import BASE_FAMILIES, CONTINUAL_SEQUENCE
 
 log = logging.getLogger("llaca.bench")
@@ -132,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tasks = synthetic_tasks(QUICK_TASKS if args.quick else CONTINUAL_SEQUENCE, args.train_n, args.eval_n, args.seed)
     base_sets = {b: heldout(b, args.eval_n, seed=args.seed * 1000 + 900 + k) for k, b in enumerate(BASE_FAMILIES)}
-    base_before = dict(zip(base_sets, scores(lm, None, list(base_sets.values()))))
-    zero_shot = scores(lm, None, [t.test for t in tasks])
+    base_before = dict(zip(base_sets, adapter_scores(lm, None, list(base_sets.values()))))
+    zero_shot = adapter_scores(lm, None, [t.test for t in tasks])
     # +replay methods keep a few stored samples of what came before: base-family samples drawn
     # apart from the evaluation sets (other seeds), then each finished task's training samples
     base_replay = [s for k, b in enumerate(base_sets) for s in heldout(b, args.replay_per_task, seed=args.seed * 1000 + 950 + k)]

@@ -1,5 +1,11 @@
 """One settings object for LLaCA Studio, built from command-line flags and `LLACA_*` variables.
 
+This is the only module that reads `LLACA_*` variables. The app (`app.py`), the learning
+worker run on its own (`python -m llaca.worker`) and the training command (`python -m
+llaca.tune`) all build their `Settings` here, from the same flags and variables, so the same
+environment configures the in-app worker and a worker process alike (`WorkerConfig.from_settings`).
+A command adds the flags it uses (`add_flags(parser, names)`) and still reads every variable.
+
 Precedence: a flag given on the command line, then the `LLACA_*` environment variable, then
 the default. The environment is read only when `Settings.from_args` is called (never at
 import time), and an explicit `env` mapping can be passed for tests.
@@ -23,8 +29,9 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --learn-steps     | LLACA_LEARN_STEPS     | 80 optimizer steps per buffer |
 | --guard-margin    | LLACA_GUARD_MARGIN    | 5 points             |
 | --idle-ready      | LLACA_IDLE_READY      | 900 s (an idle open buffer becomes ready; 0 = never) |
-| --worker-threads  | LLACA_WORKER_THREADS  | 1 on CPU (torch threads of the in-app worker) |
+| --worker-threads  | LLACA_WORKER_THREADS  | 1 (torch CPU threads of the learning worker; the rest serve chat) |
 | --train-command   | LLACA_TRAIN_COMMAND   | none: the worker trains in its own process; e.g. "accelerate launch --num_processes 4 -m llaca.tune" |
+| --log-level       | LLACA_LOG_LEVEL       | INFO (WARNING for llaca.tune) |
 
 (*) When no LLACA_HOST/LLACA_PORT is set, Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT
 are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) works unchanged.
@@ -33,10 +40,11 @@ are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) wo
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 DEFAULT_MODEL = "models/llava-tiny"
 _TRUE = {"1", "true", "yes", "on"}
@@ -68,6 +76,7 @@ class Settings:
     idle_ready: float = 900.0
     worker_threads: int | None = 1
     train_command: str | None = None
+    log_level: str | None = None  # None: the command's own default (`configure_logging`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -98,22 +107,31 @@ class Settings:
                     raise ValueError("it is empty")
             except ValueError as e:
                 raise SettingsError(f"train-command {self.train_command!r} is not a usable command: {e}") from None
+        if self.log_level is not None:
+            object.__setattr__(self, "log_level", self.log_level.upper())
+            if not isinstance(logging.getLevelName(self.log_level), int):
+                raise SettingsError(f"log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
     @property
     def admin_enabled(self) -> bool:
         return bool(self.admin_password)
 
-    def describe(self) -> dict:
-        """The settings as a dict with the password hidden (for logs and /status)."""
-        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        out["admin_password"] = "set" if self.admin_enabled else None
-        return out
+    def configure_logging(self, default: str = "INFO", fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+        """Set up the root logger at the `log_level` setting (``default`` when it is unset)."""
+        logging.basicConfig(level=self.log_level or default, format=fmt)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
-        """Parse flags (``argv``; default: none) over ``env`` (default: ``os.environ``)."""
+        """Parse the app's flags (``argv``; default: none) over ``env`` (default: ``os.environ``)."""
+        return cls.from_namespace(build_parser().parse_args(list(argv or [])), env)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from parsed flags (a command's own parser, from ``build_parser(flags=...)``)
+        over ``env`` (default: ``os.environ``); a flag the parser does not offer comes from the
+        environment or its default."""
         env = os.environ if env is None else env
-        args = build_parser().parse_args(list(argv or []))
+        args = argparse.Namespace(**{name: getattr(args, name, None) for name in FLAGS}, no_worker=getattr(args, "no_worker", False))
 
         def pick(flag_value, *names: str, default=None):
             if flag_value is not None:
@@ -163,33 +181,55 @@ class Settings:
             idle_ready=as_float(pick(args.idle_ready, "LLACA_IDLE_READY", default=900.0), "idle ready"),
             worker_threads=as_int(pick(args.worker_threads, "LLACA_WORKER_THREADS", default=1), "worker threads"),
             train_command=pick(args.train_command, "LLACA_TRAIN_COMMAND") or None,
+            log_level=pick(args.log_level, "LLACA_LOG_LEVEL"),
         )
 
 
+FLAGS: dict[str, dict] = {
+    "model": dict(help=f"LLaVA hub id or local folder (default {DEFAULT_MODEL}; LLACA_MODEL)"),
+    "data_dir": dict(help="where the store, images and adapters live (default ./data; LLACA_DATA_DIR)"),
+    "host": dict(help="address to bind (default 127.0.0.1; LLACA_HOST)"),
+    "port": dict(type=int, help="port (default 7860; LLACA_PORT)"),
+    "admin_password": dict(help="enables rollback and other admin actions (default: none, disabled; LLACA_ADMIN_PASSWORD)"),
+    "buffer_size": dict(type=int, help="corrections that make a buffer ready to learn (default 8; LLACA_BUFFER_SIZE)"),
+    "device": dict(help="cpu, cuda, cuda:1 ... (default: cuda if available; LLACA_DEVICE)"),
+    "dtype": dict(help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU; LLACA_DTYPE)"),
+    "concurrency": dict(type=int, help="model events that may run at once (default 2; LLACA_CONCURRENCY)"),
+    "max_queue": dict(type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)"),
+    "threads": dict(type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)"),
+    "poll_seconds": dict(type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)"),
+    "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay "
+                              "(default llaca; LLACA_LEARN_METHOD)"),
+    "learn_steps": dict(type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)"),
+    "guard_margin": dict(type=float, help="points an earlier task or a base probe may lose before a candidate is "
+                                          "rejected (default 5; LLACA_GUARD_MARGIN)"),
+    "idle_ready": dict(type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never; LLACA_IDLE_READY)"),
+    "worker_threads": dict(type=int, help="torch CPU threads of the learning worker (default 1; LLACA_WORKER_THREADS)"),
+    "train_command": dict(help="the worker trains through this command, e.g. 'accelerate launch --num_processes 4 -m llaca.tune' "
+                               "(default: in its own process; LLACA_TRAIN_COMMAND)"),
+    "log_level": dict(help="DEBUG, INFO, WARNING or ERROR (default INFO; WARNING for llaca.tune; LLACA_LOG_LEVEL)"),
+}
+"""The flag of each setting (``--data-dir`` for ``data_dir``), with its help; ``--no-worker`` is the app's."""
+
+WORKER_FLAGS: tuple[str, ...] = ("model", "data_dir", "device", "learn_method", "learn_steps", "guard_margin",
+                                 "idle_ready", "worker_threads", "train_command", "log_level")
+"""The settings a learning worker uses: `python -m llaca.worker` offers these flags."""
+
+
+def add_flags(ap: argparse.ArgumentParser, flags: Iterable[str]) -> argparse.ArgumentParser:
+    """Add the flags of the named settings (keys of ``FLAGS``) to ``ap``; parse, then ``Settings.from_namespace``."""
+    for name in flags:
+        ap.add_argument("--" + name.replace("_", "-"), **FLAGS[name])
+    return ap
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The app's parser: every setting's flag and ``--no-worker``."""
     ap = argparse.ArgumentParser(
         prog="app.py",
         description="LLaCA Studio: chat about images, correct wrong answers, and let the model learn from them.",
         epilog="Every flag also reads an LLACA_* environment variable (see llaca/config.py).",
     )
-    ap.add_argument("--model", help=f"LLaVA hub id or local folder (default {DEFAULT_MODEL}; LLACA_MODEL)")
-    ap.add_argument("--data-dir", help="where the store, images and adapters live (default ./data; LLACA_DATA_DIR)")
-    ap.add_argument("--host", help="address to bind (default 127.0.0.1; LLACA_HOST)")
-    ap.add_argument("--port", type=int, help="port (default 7860; LLACA_PORT)")
-    ap.add_argument("--admin-password", help="enables rollback and other admin actions (LLACA_ADMIN_PASSWORD)")
-    ap.add_argument("--buffer-size", type=int, help="corrections that make a buffer ready to learn (default 8; LLACA_BUFFER_SIZE)")
-    ap.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; LLACA_DEVICE)")
-    ap.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU; LLACA_DTYPE)")
-    ap.add_argument("--concurrency", type=int, help="model events that may run at once (default 2; LLACA_CONCURRENCY)")
-    ap.add_argument("--max-queue", type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)")
-    ap.add_argument("--poll-seconds", type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)")
+    add_flags(ap, FLAGS)
     ap.add_argument("--no-worker", action="store_true", help="do not start the background learning worker (LLACA_WORKER=0)")
-    ap.add_argument("--learn-method", help="tuning method of the worker (default llaca; LLACA_LEARN_METHOD)")
-    ap.add_argument("--learn-steps", type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)")
-    ap.add_argument("--guard-margin", type=float, help="points an earlier task may lose (default 5; LLACA_GUARD_MARGIN)")
-    ap.add_argument("--idle-ready", type=float, help="seconds after which an idle open buffer is learned (default 900, 0 = never; LLACA_IDLE_READY)")
-    ap.add_argument("--worker-threads", type=int, help="torch threads of the in-app worker on CPU (default 1; LLACA_WORKER_THREADS)")
-    ap.add_argument("--train-command", help="the worker trains through this command, e.g. "
-                    "'accelerate launch --num_processes 4 -m llaca.tune' (default: in-process; LLACA_TRAIN_COMMAND)")
     return ap

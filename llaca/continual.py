@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .dataset import VQASample
-from .evaluate import adapter_applied, evaluate
+from .evaluate import adapter_scores
 from .metrics import forgetting_per_task, summarize
 from .tuner import METHODS as TUNER_METHODS
-from .tuner import TuneConfig, tune
+from .tuner import TuneConfig, tune, uses_replay
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def check_methods(names: Sequence[str]) -> list[str]:
     if bad:
         raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     return list(names)
-
-
-def scores(lm, adapter: Path | None, sets: Sequence[Sequence[VQASample]]) -> list[float]:
-    """Accuracy (%) on each sample set with `adapter` applied (None: the base model as it is)."""
-    with adapter_applied(lm.model, adapter) as model:
-        return [round(evaluate(model, lm.processor, s).accuracy, 2) for s in sets]
 
 
 def _summary(matrix: list[list[float]], base_after: dict, records: list[dict], t0: float) -> dict:
@@ -93,19 +87,18 @@ def _run_sequential(lm, method, tasks, base_sets, template, work, replay_per_tas
     t0 = time.perf_counter()
     matrix, records = [], []
     adapter: Path | None = None
-    uses_replay = method.endswith("+replay")
-    replay_pool = list(base_replay) if uses_replay else []
+    replay_pool = list(base_replay) if uses_replay(method) else []
     for j, task in enumerate(tasks):
         cfg = replace(template, method=method, seed=template.seed + j)
         out = work / f"{j:02d}-{task.name}"
         res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapter, out_dir=out, replay=replay_pool)
         adapter = out
         records.append(res.record)
-        matrix.append(scores(lm, adapter, [t.test for t in tasks]))
+        matrix.append(adapter_scores(lm, adapter, [t.test for t in tasks]))
         log.info("%s after %s: %s", method, task.name, matrix[-1])
-        if uses_replay:
+        if uses_replay(method):
             replay_pool += task.train[:replay_per_task]
-    base_after = dict(zip(base_sets, scores(lm, adapter, list(base_sets.values()))))
+    base_after = dict(zip(base_sets, adapter_scores(lm, adapter, list(base_sets.values()))))
     return _summary(matrix, base_after, records, t0)
 
 
@@ -116,8 +109,8 @@ def _run_joint(lm, tasks, base_sets, template, work) -> dict:
     steps = (template.steps or 0) * len(tasks) or None
     cfg = replace(template, method="seq", steps=steps, epochs=template.epochs * len(tasks) if steps is None else template.epochs)
     res = tune(lm.model, lm.processor, pooled, cfg, out_dir=work / "all")
-    row = scores(lm, work / "all", [t.test for t in tasks])
-    base_after = dict(zip(base_sets, scores(lm, work / "all", list(base_sets.values()))))
+    row = adapter_scores(lm, work / "all", [t.test for t in tasks])
+    base_after = dict(zip(base_sets, adapter_scores(lm, work / "all", list(base_sets.values()))))
     return _summary([row], base_after, [res.record], t0)
 
 

@@ -125,7 +125,7 @@ def _new_group(idx: list[int], params: list[Tensor], device: torch.device,
 
 
 class _EMABase:
-    """Shared state handling: grouping, lazy θ* creation, copy_to, stats, checkpointing."""
+    """Shared state handling: grouping, lazy θ* creation, copy_to, stats, the state record."""
 
     kind = "base"
 
@@ -232,7 +232,7 @@ class _EMABase:
             raise RuntimeError(f"{what}() called before any update(): the EMA copy does not "
                                "exist yet (it is created at the first update)")
 
-    # -- checkpointing ------------------------------------------------------------------------
+    # -- state record -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The EMA state in tracked order (tensors are references, as in optimizer state)."""
         n = len(self._params)
@@ -249,40 +249,8 @@ class _EMABase:
                 "fallback_count": self.fallback_counts() if self._updates else None,
                 **self._extra_state()}
 
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()`; tensors are copied to the tracked parameters' devices."""
-        self._check_state(state)
-        self._updates = int(state["updates"])
-        for g in self._groups:
-            g.ema, g.g_prev, g.last_alphas = [], [], None
-            if self._updates == 0:
-                continue
-            self._init_group(g)
-            idx = torch.tensor(g.indices)
-            g.ema = [state["ema"][i].to(g.device, g.ema_dtype, copy=True) for i in g.indices]
-            g.g_prev = [None if state["g_prev"][i] is None
-                        else state["g_prev"][i].to(g.device, g.ema_dtype, copy=True)
-                        for i in g.indices]
-            g.last_alphas = state["last_alphas"].cpu()[idx].to(g.device, torch.float32)
-            g.alpha_sum = state["alpha_sum"].cpu()[idx].to(g.device, torch.float64)
-            g.fallback_count = state["fallback_count"].cpu()[idx].to(g.device, torch.int64)
-
     def _extra_state(self) -> dict[str, Any]:
         return {}
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"state_dict is for a {state.get('kind')!r} EMA, this is {self.kind!r}")
-        if len(state["ema"]) != len(self._params):
-            raise ValueError(f"state_dict tracks {len(state['ema'])} tensors, "
-                             f"this EMA tracks {len(self._params)}")
-        if int(state["updates"]) == 0:
-            return
-        for i, (e, p) in enumerate(zip(state["ema"], self._params)):
-            if e is None or e.shape != p.shape:
-                raise ValueError(f"state_dict EMA tensor {i} does not match parameter shape "
-                                 f"{tuple(p.shape)}")
 
 
 class AdaptiveEMA(_EMABase):
@@ -385,8 +353,3 @@ class FixedEMA(_EMABase):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"beta": self.beta}
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        super()._check_state(state)
-        if float(state.get("beta", self.beta)) != self.beta:
-            raise ValueError(f"state_dict has beta={state['beta']}, this FixedEMA has beta={self.beta}")

@@ -116,6 +116,13 @@ def evaluate(
     return EvalResult(acc, len(correct), preds, correct)
 
 
+def adapter_scores(lm, adapter: Path | str | None, sets: Sequence[Sequence[VQASample]], digits: int = 2) -> list[float]:
+    """Accuracy (%) of `lm` (a `LoadedModel`) on each sample set with the LoRA adapter at `adapter`
+    applied (None: the model as it is), rounded to `digits`. The one way to score an adapter."""
+    with adapter_applied(lm.model, adapter) as model:
+        return [round(evaluate(model, lm.processor, s).accuracy, digits) for s in sets]
+
+
 @contextmanager
 def adapter_applied(model, adapter: Path | str | None) -> Iterator:
     """`model` with the LoRA adapter at `adapter` applied (or as it is, for None), for evaluation;

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from .dataset import VQASample
-from .evaluate import evaluate
 
 NEW, EARLIER, PROBE = "new", "earlier", "probe"
 
@@ -36,10 +35,6 @@ class GuardReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def accuracies(model, processor, sets: Sequence[EvalSet]) -> dict[str, float]:
-    return {s.name: round(evaluate(model, processor, s.samples).accuracy, 2) for s in sets if s.samples}
 
 
 def decide(candidate: dict[str, float], current: dict[str, float], sets: Sequence[EvalSet], margin: float) -> GuardReport:

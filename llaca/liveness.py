@@ -20,12 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from feedback_store import WorkerState
+from feedback_store import WorkerActivity, WorkerState
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 120.0  # four missed heartbeats
 HIDE_AFTER_SECONDS = 900.0
-STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def classify(workers: Sequence[WorkerState], now: float | None = None) -> Worker
     now = time.time() if now is None else now
     live, silent, stopped = [], [], []
     for w in workers:
-        if w.state == STOPPED:
+        if w.state == WorkerActivity.STOPPED:
             stopped.append(w)
         elif now - w.updated_at > STALE_SECONDS:
             silent.append(w)

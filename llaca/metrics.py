@@ -14,12 +14,17 @@ clipped at 0: a task that ends better than it ever was has negative forgetting.
 
 A matrix may be lower-triangular (row j lists tasks 0..j) or full T×T; entries above the
 diagonal (accuracy on tasks not trained yet) are ignored and may be None or NaN.
+
+The learning worker keeps the same kind of matrix online (`extend_online`): one row per version
+served in turn plus the candidate's row last, one column per base probe and per buffer learned
+(None where a version was not measured on a column). Its forgetting per column
+(`online_forgetting`) is the same definition: the best earlier accuracy minus the last row's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +93,51 @@ def _accuracy(value: Any, j: int, i: int) -> float:
 
 
 def _forgetting(rows: list[list[float]]) -> list[float]:
-    last = rows[-1]
     n_tasks = len(rows)
-    return [max(rows[j][i] for j in range(i, n_tasks - 1)) - last[i] for i in range(n_tasks - 1)]
+    padded = [row + [None] * (n_tasks - len(row)) for row in rows]
+    return _column_forgetting(padded)[: n_tasks - 1]  # type: ignore[return-value]
+
+
+def _column_forgetting(rows: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Per column: the best accuracy of the rows before the last, minus the last row's (None
+    where the last row or every earlier row has no value)."""
+    last = rows[-1]
+    out: list[float | None] = []
+    for i, value in enumerate(last):
+        seen = [row[i] for row in rows[:-1] if i < len(row) and row[i] is not None]
+        out.append(max(seen) - value if seen and value is not None else None)
+    return out
+
+
+def online_forgetting(tasks: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> dict[str, float]:
+    """Forgetting of each column of an online matrix that has one (points, rounded to 0.01)."""
+    if not matrix:
+        return {}
+    return {t: round(f, 2) for t, f in zip(tasks, _column_forgetting(matrix)) if f is not None}
+
+
+def row_average(row: Sequence[float | None]) -> float | None:
+    """Mean accuracy of the measured entries of one row (None if none is measured)."""
+    values = [v for v in row if v is not None]
+    return _mean(values) if values else None
+
+
+def extend_online(tasks: Sequence[str], rows: Sequence[Sequence[float | None]], labels: Sequence[str],
+                  new_task: str, first: tuple[str, Mapping[str, float]], last: tuple[str, Mapping[str, float]],
+                  ) -> tuple[list[str], list[list[float | None]], list[str]]:
+    """The online matrix (columns ``tasks``, ``rows`` labelled ``labels``) with column ``new_task``
+    and the row ``last`` = (label, accuracy per column) added. A matrix without rows starts with
+    ``first``, the version the new row was trained from, measured on the same columns."""
+    tasks = list(tasks)
+    if new_task not in tasks:
+        tasks.append(new_task)
+    out, out_labels = [list(r) for r in rows], list(labels)
+    if not out:
+        out, out_labels = [[first[1].get(t) for t in tasks]], [first[0]]
+    out = [r + [None] * (len(tasks) - len(r)) for r in out]
+    out.append([last[1].get(t) for t in tasks])
+    out_labels.append(last[0])
+    return tasks, out, out_labels
 
 
 def _mean(values: list[float]) -> float:

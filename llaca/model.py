@@ -26,6 +26,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from .config import DEFAULT_MODEL
 from .encoding import messages_for
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 # the app's log; nothing in this project calls it, and there is nothing for a user to change.
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-DEFAULT_MODEL = "models/llava-tiny"
 REAL_MODEL = "llava-hf/llava-1.5-7b-hf"
 
 

@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .config import Settings, SettingsError, add_flags
 from .dataset import VQASample, read_folder, write_folder
 from .tuner import METHODS, TuneConfig, TuneResult, TuningError
 
@@ -89,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", choices=METHODS, default=TuneConfig.method)
     ap.add_argument("--init-adapter", type=Path, default=None, help="peft adapter folder to continue from")
     ap.add_argument("--replay", type=Path, default=None, help="LLaVA-format folder of earlier tasks (+replay methods)")
-    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", "models/llava-tiny"),
-                    help="base LLaVA: local folder or hub id (default models/llava-tiny; LLACA_MODEL)")
+    add_flags(ap, ("model", "log_level"))  # shared with the app and the worker (llaca.config)
     ap.add_argument("--progress", action="store_true",
                     help=f"print '{PROGRESS_PREFIX}{{json}}' lines to stdout (main process) for a supervising worker")
     ap.add_argument("--trace-dir", type=Path, default=None,
@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LLACA_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_namespace(args)
+    except SettingsError as e:
+        print(f"llaca.tune: error: {e}", file=sys.stderr)
+        return 2
+    settings.configure_logging("WARNING", fmt="%(asctime)s %(name)s: %(message)s")
     from accelerate import PartialState
 
     from .model import ModelLoadError, load_model
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
         samples = read_folder(args.data)
         replay = read_folder(args.replay) if args.replay else []
-        lm = load_model(args.model, device=str(state.device))
+        lm = load_model(settings.model, device=str(state.device))
         progress = None
         if args.progress and state.is_main_process:
             def progress(step: int, total: int, loss: float) -> None:

@@ -40,12 +40,18 @@ from tqdm import tqdm
 
 from .dataset import VQASample
 from .ema import AdaptiveEMA, FixedEMA
+from .schedule import warmup_cosine
 from .encoding import answer_loss, answer_tokens, encode_supervised
 
 log = logging.getLogger(__name__)
 
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 METHODS = ("seq", "ema", "llaca", "seq+replay", "llaca+replay")
+
+
+def uses_replay(method: str) -> bool:
+    """Whether a tuning method mixes stored samples of earlier tasks into every batch."""
+    return method.endswith("+replay")
 
 
 class TuningError(RuntimeError):
@@ -83,10 +89,6 @@ class TuneConfig:
     @property
     def ema_kind(self) -> str | None:
         return {"ema": "fixed", "llaca": "adaptive", "llaca+replay": "adaptive"}.get(self.method)
-
-    @property
-    def uses_replay(self) -> bool:
-        return self.method.endswith("+replay")
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _batches(samples: Sequence[VQASample], replay: Sequence[VQASample], cfg: Tun
     _check_split(cfg, world)
     rng = random.Random(cfg.seed)
     order: list[int] = []
-    n_replay = int(round(cfg.batch_size * cfg.replay_fraction)) if (cfg.uses_replay and replay) else 0
+    n_replay = int(round(cfg.batch_size * cfg.replay_fraction)) if (uses_replay(cfg.method) and replay) else 0
     n_new = cfg.batch_size - n_replay
     for _ in range(total_micro):
         batch = []
@@ -239,13 +241,7 @@ def tune(
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup_frac * steps))
 
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = (step - warm) / max(1, steps - warm)
-            return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, steps, warm, cfg.min_lr_frac))
         # the scheduler is stepped here, once per optimizer step: accelerate's prepared scheduler
         # steps num_processes times per step (it assumes the global batch grows with N)
         model, opt = accelerator.prepare(_AnswerLoss(model), opt)

@@ -4,6 +4,11 @@ Runs as a background thread inside the app (default) or as its own process:
 
     python -m llaca.worker --data-dir DIR [--model models/llava-tiny] [--device cuda]
 
+Both are configured by the same `Settings` (`llaca.config`): the same flags and `LLACA_*`
+variables (model, data dir, device, learn method and steps, guard margin, idle-ready, worker
+threads, training command, log level) give the in-app worker and a worker process the same
+`WorkerConfig`.
+
 It shares nothing with the app but the data directory (the store and `adapters/`), which must
 be on a local disk of the one host that runs both (SQLite's WAL needs shared memory on one
 host; the store refuses a network filesystem). Training can still use many GPUs: with a
@@ -18,7 +23,6 @@ and only then marked current, so a crash never exposes a half-written version.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -34,14 +38,18 @@ from pathlib import Path
 
 import torch
 
+from feedback_store import AdapterStatus, BufferStatus, Split, WorkerActivity
+
 from .adapter_files import publish, staging_dir, sweep_staging
+from .adapter_metrics import AdapterMetrics
+from .config import Settings
 from .dataset import VQASample, read_folder
-from .evaluate import adapter_applied
-from .guard import EARLIER, NEW, PROBE, EvalSet, GuardReport, accuracies, decide
-from .liveness import HEARTBEAT_SECONDS, STOPPED
-from .model import DEFAULT_MODEL, LoadedModel, load_model
+from .evaluate import adapter_scores
+from .guard import EARLIER, NEW, PROBE, EvalSet, decide
+from .liveness import HEARTBEAT_SECONDS
+from .model import LoadedModel, load_model
 from .tune import run_command
-from .tuner import TuneConfig, TuneResult, library_versions, tune
+from .tuner import TuneConfig, TuneResult, library_versions, tune, uses_replay
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +84,27 @@ def sweep_training_dirs(training_dir: Path) -> list[Path]:
 
 @dataclass
 class WorkerConfig:
-    data_dir: Path
-    model: str = DEFAULT_MODEL
-    device: str | None = None
-    method: str = "llaca"
-    steps: int = 80
+    """A learning worker's configuration: the shared `Settings` (read under their own names,
+    ``cfg.settings.learn_steps``), plus what only a worker has and no variable sets."""
+
+    settings: Settings
     lr: float = 3e-4  # measured: 80 steps learn a new family from ~40 corrections, base skills unchanged
     batch_size: int = 16
     heldout_fraction: float = 0.2
     min_heldout: int = 2
-    margin: float = 5.0
     lease_seconds: float = 90.0
-    poll_seconds: float = 2.0
-    idle_ready_seconds: float | None = 900.0
-    threads: int | None = None  # torch threads for training on CPU (None: leave as is)
+    claim_poll_seconds: float = 2.0  # between looks for a ready buffer
     probe_n: int = 60
     probe_data: list[Path] = field(default_factory=list)
     replay_per_buffer: int = 16
     seed: int = 0
-    train_command: str | None = None  # e.g. "accelerate launch --num_processes 4 -m llaca.tune"; None: in-process
     crash_at: str | None = None  # fault injection for crash tests: SIGKILL self at a named point
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def synthetic_probes(n: int) -> list[EvalSet]:
     """The base families every LLaVA here should keep answering: colour and shape of a shape."""
-    from .world.build import heldout
+    from .world.heldout import heldout
 
     return [EvalSet(f, PROBE, heldout(f, n, seed=777_000 + k)) for k, f in enumerate(("color", "shape"))]
 
@@ -112,17 +115,17 @@ class LearningWorker:
     def __init__(self, cfg: WorkerConfig, store=None, lm: LoadedModel | None = None) -> None:
         from feedback_store import FeedbackStore
 
-        self.cfg = cfg
-        self.store = store or FeedbackStore(cfg.data_dir)
-        self.adapters_dir = Path(cfg.data_dir) / "adapters"
+        self.cfg, self.settings = cfg, cfg.settings
+        self.store = store or FeedbackStore(self.settings.data_dir)
+        self.adapters_dir = self.settings.data_dir / "adapters"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
-        self.training_dir = Path(cfg.data_dir) / TRAINING_DIR  # training sets written for a training command
+        self.training_dir = self.settings.data_dir / TRAINING_DIR  # training sets written for a training command
         self._lm = lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None  # set by start_background
         self._state_lock = threading.Lock()
-        self._last_state: tuple[str, dict] = ("starting", {})
+        self._last_state: tuple[str, dict] = (WorkerActivity.STARTING, {})
         self._last_write = 0.0
         self._closed = False  # after shutdown() nothing but "stopped" is written
 
@@ -131,7 +134,7 @@ class LearningWorker:
     @property
     def lm(self) -> LoadedModel:
         if self._lm is None:
-            self._lm = load_model(self.cfg.model, device=self.cfg.device)
+            self._lm = load_model(self.settings.model, device=self.settings.device)
         return self._lm
 
     @property
@@ -187,34 +190,38 @@ class LearningWorker:
             if self._closed:
                 return
             self._closed = True
-            self._write(STOPPED, {})
+            self._write(WorkerActivity.STOPPED, {})
         log.info("learning worker %s stopped", self.cfg.worker_id)
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self) -> None:
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+    def prepare(self) -> None:
+        """Set the torch threads and sweep what a crashed worker left behind."""
+        if self.settings.worker_threads:
+            torch.set_num_threads(self.settings.worker_threads)
         sweep_staging(self.adapters_dir)
         sweep_training_dirs(self.training_dir)
-        self.state("idle")
+
+    def run(self) -> None:
+        self.prepare()
+        self.state(WorkerActivity.IDLE)
         try:
             while not self.stop.is_set():
                 try:
                     worked = self.run_once()
                 except Exception:
                     log.exception("learning cycle failed; the buffer returns to the queue when its lease expires")
-                    self.state("error", message="the last cycle failed; see the worker log")
+                    self.state(WorkerActivity.ERROR, message="the last cycle failed; see the worker log")
                     worked = False
                 if not worked:
                     self.beat()
-                    self.stop.wait(self.cfg.poll_seconds)
+                    self.stop.wait(self.cfg.claim_poll_seconds)
         finally:  # also on KeyboardInterrupt / SystemExit
             self.close()
 
     def run_once(self) -> bool:
-        if self.cfg.idle_ready_seconds:
-            self.store.mark_idle_buffers_ready(self.cfg.idle_ready_seconds)
+        if self.settings.idle_ready:
+            self.store.mark_idle_buffers_ready(self.settings.idle_ready)
         buffer = self.store.claim_ready_buffer(self.cfg.worker_id, self.cfg.lease_seconds)
         if buffer is None:
             return False
@@ -240,25 +247,21 @@ class LearningWorker:
         items = [it for it in self.store.buffer_items(buffer.id) if it.image_sha256]
         n_held = 0 if len(items) < MIN_ITEMS_TO_HOLD_OUT else max(self.cfg.min_heldout, round(self.cfg.heldout_fraction * len(items)))
         held_ids = set(random.Random(f"split:{buffer.id}").sample([it.id for it in items], min(n_held, len(items) - 1)))
-        self.store.set_splits(buffer.id, {it.id: ("heldout" if it.id in held_ids else "train") for it in items})
+        self.store.set_splits(buffer.id, {it.id: (Split.HELDOUT if it.id in held_ids else Split.TRAIN) for it in items})
         return [it for it in items if it.id not in held_ids], [it for it in items if it.id in held_ids]
 
     def _earlier_sets(self, exclude: int) -> tuple[list[EvalSet], list[VQASample]]:
         by_buffer = defaultdict(list)
-        for it in self.store.heldout_items("trained"):
+        for it in self.store.heldout_items(BufferStatus.PROMOTED):
             if it.buffer_id != exclude:
                 by_buffer[it.buffer_id].append(it)
         sets = [EvalSet(f"buffer {b}", EARLIER, self._samples(items)) for b, items in sorted(by_buffer.items())]
         replay: list[VQASample] = []
-        if "replay" in self.cfg.method:
+        if uses_replay(self.settings.learn_method):
             for b in sorted(by_buffer):
-                train = [it for it in self.store.buffer_items(b) if it.split == "train"]
+                train = [it for it in self.store.buffer_items(b) if it.split == Split.TRAIN]
                 replay += self._samples(train[: self.cfg.replay_per_buffer])
         return sets, replay
-
-    def _eval_adapter(self, adapter: Path | None, sets: list[EvalSet]) -> dict[str, float]:
-        with adapter_applied(self.lm.model, adapter) as model:
-            return accuracies(model, self.lm.processor, sets)
 
     def process(self, buffer) -> str:
         cfg, store = self.cfg, self.store
@@ -284,132 +287,106 @@ class LearningWorker:
 
     def _recover(self, buffer) -> str | None:
         """Finish what a crashed attempt on this buffer already produced, instead of training again."""
-        cfg, store = self.cfg, self.store
+        store = self.store
         for a in store.list_adapters():
-            if (a.metrics or {}).get("buffer") != buffer.id or not Path(a.path).exists():
+            record = AdapterMetrics.from_dict(a.metrics) if a.metrics else None
+            if record is None or record.buffer != buffer.id or not Path(a.path).exists():
                 continue
-            reason = (a.metrics.get("guard") or {}).get("reason", "")
-            if a.status == "candidate":  # crashed between registering and promoting
-                if (a.metrics.get("guard") or {}).get("passed"):
-                    store.promote_adapter(a.version)
-                    a = store.get_adapter(a.version)
-                else:
-                    store.reject_adapter(a.version, reason)
-                    a = store.get_adapter(a.version)
-            status = "rejected" if a.status == "rejected" else "trained"
-            store.finish_claim(buffer.id, cfg.worker_id, status, f"{reason} (recovered after an interrupted run)", a.version)
-            self.state("promoted" if status == "trained" else "rejected", buffer=buffer.id, version=a.version, reason=reason)
+            guard = record.guard
+            if a.status == AdapterStatus.CANDIDATE:  # crashed between registering and promoting
+                a = store.promote_adapter(a.version) if guard.passed else store.reject_adapter(a.version, guard.reason)
+            outcome = BufferStatus.REJECTED if a.status == AdapterStatus.REJECTED else BufferStatus.PROMOTED
+            self._finish(buffer, outcome, f"{guard.reason} (recovered after an interrupted run)", a.version)
             log.info("buffer %s: recovered %s (%s) from an interrupted run", buffer.id, a.version, a.status)
-            return "promoted" if status == "trained" else "rejected"
+            return outcome
         return None
 
+    def _finish(self, buffer, outcome: BufferStatus, reason: str, version: str | None) -> BufferStatus:
+        """End the claim on ``buffer`` and report its outcome, in the one status vocabulary."""
+        self.store.finish_claim(buffer.id, self.cfg.worker_id, outcome, reason, version)
+        self.state(WorkerActivity(outcome), buffer=buffer.id, version=version, reason=reason)
+        log.info("buffer %s %s (%s): %s", buffer.id, outcome, version, reason)
+        return outcome
+
     def _process(self, buffer, lost: threading.Event) -> str:
-        cfg, store = self.cfg, self.store
+        cfg, store, settings = self.cfg, self.store, self.settings
         recovered = self._recover(buffer)
         if recovered:
             return recovered
         train_items, held_items = self._split(buffer)
         train = self._samples(train_items)
         if not train:
-            store.finish_claim(buffer.id, cfg.worker_id, "rejected", "no corrections with an image to learn from", None)
-            self.state("rejected", buffer=buffer.id, reason="no corrections with an image")
-            return "rejected"
+            return self._finish(buffer, BufferStatus.REJECTED, "no corrections with an image to learn from", None)
         held = self._samples(held_items)
         current = store.current_adapter()
         parent = current.version if current else None
         parent_path = Path(current.path) if current else None
         earlier, replay = self._earlier_sets(buffer.id)
-        new_name = f"buffer {buffer.id}"
         # with too few items to hold any out, plasticity is judged on the training items
-        sets = [EvalSet(new_name, NEW, held or train)] + earlier + self.probes
+        sets = [EvalSet(f"buffer {buffer.id}", NEW, held or train)] + earlier + self.probes
 
         stage = staging_dir(self.adapters_dir, f"buffer{buffer.id}-{os.getpid()}-{int(time.time())}")
-        tcfg = TuneConfig(method=cfg.method, steps=cfg.steps, lr=cfg.lr, batch_size=min(cfg.batch_size, max(4, len(train))),
-                          seed=cfg.seed + buffer.id)
-        self.state("training", buffer=buffer.id, step=0, total=tcfg.steps)
+        tcfg = TuneConfig(method=settings.learn_method, steps=settings.learn_steps, lr=cfg.lr,
+                          batch_size=min(cfg.batch_size, max(4, len(train))), seed=cfg.seed + buffer.id)
+        self.state(WorkerActivity.TRAINING, buffer=buffer.id, step=0, total=tcfg.steps)
 
         def progress(step: int, total: int, loss: float) -> None:
             if lost.is_set():
                 raise LeaseLost(f"lost the lease on buffer {buffer.id}")
-            self.state("training", buffer=buffer.id, step=step, total=total, loss=round(loss, 4))
+            self.state(WorkerActivity.TRAINING, buffer=buffer.id, step=step, total=total, loss=round(loss, 4))
 
         t0 = time.perf_counter()
         result = self._train(buffer.id, train, replay, tcfg, parent_path, stage, progress)
-        self.state("evaluating", buffer=buffer.id)
-        cand = self._eval_adapter(stage, sets)
-        cur = self._eval_adapter(parent_path, sets)
-        report = decide(cand, cur, sets, cfg.margin)
+        self.state(WorkerActivity.EVALUATING, buffer=buffer.id)
+        scored = [s for s in sets if s.samples]
+        cand, cur = (dict(zip([s.name for s in scored], adapter_scores(self.lm, adapter, [s.samples for s in scored])))
+                     for adapter in (stage, parent_path))
+        report = decide(cand, cur, sets, settings.guard_margin)
         if lost.is_set():
             raise LeaseLost(f"lost the lease on buffer {buffer.id} while evaluating")
         self._checkpoint("before-publish")
-        version, final = self._publish(stage)
+        name, final = self._publish(stage, buffer.id, report.passed)
         self._checkpoint("after-publish")
-        metrics = self._metrics(current, buffer, version, sets, cand, cur, report, result.record, time.perf_counter() - t0)
-        store.register_adapter(version, parent, final, cfg.method, metrics, library_versions())
+        metrics = AdapterMetrics.for_candidate(name, current, buffer, report, [s.name for s in self.probes],
+                                               result.record, time.perf_counter() - t0)
+        store.register_adapter(name, parent, final, settings.learn_method, metrics.to_dict(), library_versions())
         self._checkpoint("after-register")
         if report.passed:
-            store.promote_adapter(version)
+            store.promote_adapter(name)
             self._checkpoint("after-promote")
-            store.finish_claim(buffer.id, cfg.worker_id, "trained", report.reason, version)
-            self.state("promoted", buffer=buffer.id, version=version, reason=report.reason)
-            log.info("promoted %s from buffer %s: %s", version, buffer.id, report.reason)
-            return "promoted"
-        store.reject_adapter(version, report.reason)
-        store.finish_claim(buffer.id, cfg.worker_id, "rejected", report.reason, version)
-        self.state("rejected", buffer=buffer.id, version=version, reason=report.reason)
-        log.info("rejected %s from buffer %s: %s", version, buffer.id, report.reason)
-        return "rejected"
+            return self._finish(buffer, BufferStatus.PROMOTED, report.reason, name)
+        store.reject_adapter(name, report.reason)
+        return self._finish(buffer, BufferStatus.REJECTED, report.reason, name)
 
     def _train(self, buffer_id: int, train, replay, tcfg: TuneConfig, init: Path | None, stage: Path,
                progress) -> TuneResult:
         """Train in this process (default) or through the configured training command."""
-        if not self.cfg.train_command:
+        if not self.settings.train_command:
             return tune(self.lm.model, self.lm.processor, train, tcfg, init_adapter=init, out_dir=stage,
                         replay=replay, progress=progress)
         self.training_dir.mkdir(parents=True, exist_ok=True)
-        env = {"OMP_NUM_THREADS": str(self.cfg.threads)} if self.cfg.threads else None
+        threads = self.settings.worker_threads
+        env = {"OMP_NUM_THREADS": str(threads)} if threads else None
         with tempfile.TemporaryDirectory(prefix=f"buffer{buffer_id}-pid{os.getpid()}-", dir=self.training_dir) as work:
-            return run_command(self.cfg.train_command, train, tcfg, model=self.cfg.model, out_dir=stage,
+            return run_command(self.settings.train_command, train, tcfg, model=self.settings.model, out_dir=stage,
                                work_dir=Path(work), init_adapter=init, replay=replay, progress=progress, env=env)
 
-    def _publish(self, stage: Path) -> tuple[str, Path]:
-        """Name the next version and move the staged folder there (another worker may race us)."""
-        number = int(self.store.next_adapter_version().lstrip("v"))
-        for _ in range(1000):
-            version = f"v{number}"
-            if not (self.adapters_dir / version).exists():  # a folder without a row: left by a crash
+    def _publish(self, stage: Path, buffer_id: int, promoted: bool) -> tuple[str, Path]:
+        """Name the candidate and move the staged folder there (another worker may race us).
+        Only a candidate to promote takes the next version number (v1, v2, ...); a rejected
+        one is kept under its buffer's name (buffer-7), so served versions count up without gaps."""
+        if promoted:
+            number = int(self.store.next_adapter_version().lstrip("v"))
+            names = (f"v{number + k}" for k in range(1000))
+        else:
+            names = (f"buffer-{buffer_id}" + (f"-{k}" if k else "") for k in range(1000))
+        for name in names:
+            if not (self.adapters_dir / name).exists():  # a folder without a row: left by a crash
                 try:
-                    return version, publish(stage, self.adapters_dir, version)
+                    return name, publish(stage, self.adapters_dir, name)
                 except FileExistsError:  # another worker took this name just now
                     pass
-            number += 1
-        raise RuntimeError("could not find a free adapter version name")
-
-    def _metrics(self, current, buffer, version, sets, cand, cur, report: GuardReport, record: dict, seconds: float) -> dict:
-        """The online accuracy matrix: one row per served version, columns = probes + buffers in order."""
-        prev = (current.metrics if current else {}) or {}
-        tasks = list(prev.get("tasks") or [s.name for s in sets if s.kind == PROBE])
-        rows = [list(r) for r in prev.get("matrix") or []]
-        labels = list(prev.get("row_labels") or [])
-        new_name = f"buffer {buffer.id}"
-        if new_name not in tasks:
-            tasks.append(new_name)
-        if not rows:  # the first row is the version we start from, on the same columns
-            rows, labels = [[cur.get(t) for t in tasks]], [current.version if current else "base"]
-        rows = [r + [None] * (len(tasks) - len(r)) for r in rows]
-        rows.append([cand.get(t) for t in tasks])
-        labels.append(version)
-        forgetting = {}
-        for i, t in enumerate(tasks):
-            seen = [r[i] for r in rows[:-1] if r[i] is not None]
-            if seen and rows[-1][i] is not None:
-                forgetting[t] = round(max(seen) - rows[-1][i], 2)
-        return {
-            "buffer": buffer.id, "session": buffer.session_id, "tasks": tasks, "matrix": rows, "row_labels": labels,
-            "forgetting": forgetting, "guard": report.to_dict(), "seconds": round(seconds, 1),
-            "tune": {k: record.get(k) for k in ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool",
-                                                "num_processes", "global_batch")},
-        }
+        raise RuntimeError("could not find a free adapter name")
 
 
 def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, threading.Thread]:
@@ -421,68 +398,7 @@ def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, thr
     return worker, thread
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = WorkerConfig
-    ap = argparse.ArgumentParser(prog="python -m llaca.worker", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LLACA_DATA_DIR", "data")),
-                    help="the app's data dir: store.db, images/, adapters/ (default: $LLACA_DATA_DIR or ./data)")
-    ap.add_argument("--model", default=os.environ.get("LLACA_MODEL", DEFAULT_MODEL),
-                    help=f"the LLaVA the app serves, hub id or folder (default: $LLACA_MODEL or {DEFAULT_MODEL})")
-    ap.add_argument("--device", default=os.environ.get("LLACA_DEVICE"),
-                    help="cpu, cuda, cuda:1 ... (default: $LLACA_DEVICE, else cuda if available)")
-    ap.add_argument("--method", default=d.method, help=f"tuning method: seq, ema, llaca, seq+replay, llaca+replay (default {d.method})")
-    ap.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps per buffer (default {d.steps})")
-    ap.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    ap.add_argument("--margin", type=float, default=d.margin,
-                    help=f"points an earlier task or a base probe may lose before a candidate is rejected (default {d.margin:g})")
-    ap.add_argument("--lease", type=float, default=d.lease_seconds,
-                    help=f"seconds a claimed buffer stays ours without a heartbeat (default {d.lease_seconds:g})")
-    ap.add_argument("--poll", type=float, default=d.poll_seconds, help=f"seconds between looks for a ready buffer (default {d.poll_seconds:g})")
-    ap.add_argument("--idle-ready", type=float, default=d.idle_ready_seconds,
-                    help=f"seconds after which an idle open buffer is learned, 0 = never (default {d.idle_ready_seconds:g})")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for training (default: torch's choice)")
-    ap.add_argument("--probe-data", type=Path, nargs="*", default=[],
-                    help="LLaVA-format folders of base probes (default: synthetic colour and shape probes)")
-    ap.add_argument("--probe-n", type=int, default=d.probe_n, help=f"synthetic probe samples per base family (default {d.probe_n})")
-    ap.add_argument("--train-command", default=os.environ.get("LLACA_TRAIN_COMMAND") or None,
-                    help="train through this command, e.g. 'accelerate launch --num_processes 4 -m llaca.tune' "
-                         "(default: $LLACA_TRAIN_COMMAND, else in this process)")
-    ap.add_argument("--once", action="store_true", help="handle at most one ready buffer, then exit")
-    ap.add_argument("--crash-at", default=None, help=argparse.SUPPRESS)  # crash tests only
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    import signal
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = WorkerConfig(args.data_dir, args.model, args.device, args.method, args.steps, args.lr, margin=args.margin,
-                       lease_seconds=args.lease, poll_seconds=args.poll, threads=args.threads, probe_data=args.probe_data,
-                       crash_at=args.crash_at, probe_n=args.probe_n, idle_ready_seconds=args.idle_ready or None,
-                       train_command=args.train_command)
-    worker = LearningWorker(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops cleanly, like Ctrl+C
-    try:
-        if args.once:
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            sweep_staging(worker.adapters_dir)
-            sweep_training_dirs(worker.training_dir)
-            worker.run_once()
-        else:
-            worker.run()
-    except KeyboardInterrupt:
-        log.info("interrupted; a buffer in training returns to the queue when its lease expires")
-    finally:
-        worker.shutdown(timeout=0)
-    return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 if __name__ == "__main__":
+    from llaca.worker_cli import main
+
     sys.exit(main())

@@ -101,7 +101,7 @@ def test_tune_trace_needs_an_adaptive_method():
 
 def test_tune_returns_the_trace_with_tensor_names(tiny):
     from llaca.tuner import TuneConfig, tune
-    from llaca.world.build import heldout
+    from llaca.world.heldout import heldout
 
     res = tune(tiny.model, tiny.processor, heldout("count", 8, seed=1),
                TuneConfig(method="llaca", steps=3, batch_size=4), trace_ema=True)

@@ -169,6 +169,7 @@ def test_dashboard_and_admin_rollback(page, server, tmp_path):
 
     from feedback_store import FeedbackStore
     from tests.test_app_live import make_adapter
+    from tests.worker_helpers import metrics_record
 
     store = FeedbackStore(server.data_dir)
     try:
@@ -178,10 +179,9 @@ def test_dashboard_and_admin_rollback(page, server, tmp_path):
         for k, (version, parent) in enumerate([("v1", None), ("v2", "v1")], start=1):
             make_adapter(server.data_dir / "adapters" / version)
             matrix = [r[: k + 2] for r in rows[: k + 1]]
-            forgetting = {t: round(max(r[i] for r in matrix[:-1]) - matrix[-1][i], 2) for i, t in enumerate(tasks[: k + 2])}
-            store.register_adapter(version, parent, server.data_dir / "adapters" / version, "llaca", metrics={
-                "buffer": k, "tasks": tasks[: k + 2], "matrix": matrix, "row_labels": ["base", "v1", "v2"][: k + 1],
-                "forgetting": forgetting, "guard": {"passed": True, "reason": "no task dropped more than 5 points", "margin": 5.0}})
+            record = metrics_record(k, tasks[: k + 2], matrix, ["base", "v1", "v2"][: k + 1],
+                                    reason="no task dropped more than 5 points")
+            store.register_adapter(version, parent, server.data_dir / "adapters" / version, "llaca", metrics=record)
             store.promote_adapter(version)
     finally:
         store.close()

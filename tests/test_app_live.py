@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria
 
 from tests.conftest import TINY
+from tests.worker_helpers import metrics_record
 
 pytestmark = pytest.mark.slow
 
@@ -114,9 +115,7 @@ def test_promotion_and_rollback_reach_the_next_answer(live, image):
     store = services.store
     make_adapter(store.data_dir / "adapters" / "v1")
     store.register_adapter("v1", None, store.data_dir / "adapters" / "v1", "llaca",
-                           metrics={"tasks": ["color", "buffer 1"], "matrix": [[97.0, 40.0], [95.0, 88.0]],
-                                    "row_labels": ["base", "v1"], "forgetting": {"color": 2.0, "buffer 1": 0.0},
-                                    "guard": {"passed": True, "reason": "ok", "margin": 5.0}})
+                           metrics=metrics_record(1, ["color", "buffer 1"], [[97.0, 40.0], [95.0, 88.0]], ["base", "v1"]))
     store.promote_adapter("v1")
     time.sleep(1.1)  # the assistant polls the store at most once a second
     client = Client(url, verbose=False)
@@ -129,6 +128,9 @@ def test_promotion_and_rollback_reach_the_next_answer(live, image):
     summary, rows, matrix, forgetting, *_ = panels.dashboard()
     assert rows[0][:2] == ["v1", "current"] and matrix is not None and forgetting is not None
     assert rows[0][4:7] == ["91.5", "2.0", "passed"]  # avg of v1's row, worst task's forgetting, guard
+    status = client.predict(api_name="/status")["current_metrics"]  # the same record, read by the API
+    assert status["row_labels"] == ["base", "v1"] and status["average_accuracy"] == 91.5
+    assert status["forgetting"] == {"color": 2.0, "buffer 1": -48.0} and status["guard"]["passed"]
     assert panels.rollback(BASE_CHOICE, "pw")[0].startswith("✅")
     time.sleep(1.1)
     assert client.predict(None, COLOR_Q, 0.0, 0.7, 16, api_name="/ask")[2] == "base"

@@ -26,7 +26,6 @@ def test_environment_then_flags():
     assert s.model == "llava-hf/llava-1.5-7b-hf" and s.data_dir == Path("/mnt/llaca")
     assert (s.host, s.port, s.buffer_size, s.device, s.concurrency) == ("0.0.0.0", 8000, 4, "cuda", 3)
     assert s.admin_enabled and s.worker is False
-    assert s.describe()["admin_password"] == "set"  # never the password itself
     s = Settings.from_args(["--port", "9000", "--model", "m", "--buffer-size", "2", "--no-worker"], env={"LLACA_PORT": "8000"})
     assert (s.port, s.model, s.buffer_size, s.worker) == (9000, "m", 2, False)
 
@@ -73,3 +72,49 @@ def test_train_command_from_flag_or_environment():
         == "python -m llaca.tune"
     with pytest.raises(SettingsError, match="train-command"):
         Settings.from_args(["--train-command", "accelerate launch 'unclosed"], env={})
+
+
+LEARNING_ENV = {
+    "LLACA_MODEL": "some/llava", "LLACA_DATA_DIR": "/srv/llaca", "LLACA_DEVICE": "cuda:1", "LLACA_LEARN_METHOD": "seq+replay",
+    "LLACA_LEARN_STEPS": "12", "LLACA_GUARD_MARGIN": "2.5", "LLACA_IDLE_READY": "60", "LLACA_WORKER_THREADS": "3",
+    "LLACA_TRAIN_COMMAND": "python -m llaca.tune", "LLACA_LOG_LEVEL": "debug",
+}
+
+
+def test_the_in_app_worker_and_the_worker_process_read_the_same_configuration(monkeypatch):
+    """The same LLACA_* variables give `python app.py`'s worker and `python -m llaca.worker` one configuration."""
+    import importlib.util
+
+    import llaca.worker
+    from llaca.worker_cli import config_from_args
+    from tests.conftest import ROOT
+
+    started = []
+
+    def start_background(cfg, store):
+        started.append(cfg)
+        return None, None
+
+    monkeypatch.setattr(llaca.worker, "start_background", start_background)
+    spec = importlib.util.spec_from_file_location("app_entry", ROOT / "app.py")
+    app_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_entry)
+    app_entry.start_learning_worker(Settings.from_args([], env=LEARNING_ENV), store=None)
+    standalone, _ = config_from_args([], env=LEARNING_ENV)
+    assert started == [standalone]
+    s = standalone.settings
+    assert (s.model, s.data_dir, s.device, s.learn_method, s.learn_steps) == ("some/llava", Path("/srv/llaca"), "cuda:1", "seq+replay", 12)
+    assert (s.guard_margin, s.idle_ready, s.worker_threads, s.train_command, s.log_level) == (2.5, 60.0, 3, "python -m llaca.tune", "DEBUG")
+    flags, _ = config_from_args(["--learn-steps", "7", "--data-dir", "d"], env=LEARNING_ENV)  # flags over variables
+    assert (flags.settings.learn_steps, flags.settings.data_dir) == (7, Path("d"))
+
+
+def test_only_the_settings_module_reads_llaca_variables():
+    import re
+
+    from tests.conftest import ROOT
+
+    reads = re.compile(r"""(environ|getenv)\W*(get)?\W*["']LLACA_""")  # os.environ.get("LLACA_X"), getenv("LLACA_X")...
+    files = [ROOT / "app.py", *(p for d in ("app", "llaca", "feedback_store") for p in (ROOT / d).rglob("*.py"))]
+    assert [str(p.relative_to(ROOT)) for p in files if reads.search(p.read_text())] == []
+    assert "env.get(name)" in (ROOT / "llaca" / "config.py").read_text()  # Settings.from_namespace reads them all

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from llaca.continual import METHODS, Task, run_method
 from llaca.tuner import TuneConfig, _batches
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 
 
 def test_the_methods_side_by_side():

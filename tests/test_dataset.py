@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from llaca.dataset import DatasetFormatError, VQASample, read_folder, write_folder
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import ROOT
 
 

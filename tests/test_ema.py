@@ -332,41 +332,6 @@ def test_stats_match_reference_alphas():
     assert 0 < stats["fallback_fraction"] < 1
 
 
-def test_state_dict_round_trip_continues_identically():
-    params_a, params_b = make_params(seed=15), make_params(seed=15)
-    ema_a = AdaptiveEMA(params_a)
-    gen = torch.Generator().manual_seed(16)
-    for _ in range(3):
-        fake_step(params_a, gen, move=0.3, grad_scale=0.05)
-        ema_a.update()
-    with torch.no_grad():
-        for pa, pb in zip(params_a, params_b):
-            pb.copy_(pa)
-            pb.grad = pa.grad.clone()
-    ema_b = AdaptiveEMA(params_b, chunk_numel=30)  # other grouping, same state
-    ema_b.load_state_dict(ema_a.state_dict())
-    assert ema_b.stats() == pytest.approx(ema_a.stats())
-    steps_in_lockstep((params_a, ema_a), (params_b, ema_b), seed=17, steps=2)
-    torch.testing.assert_close(ema_b.last_alphas, ema_a.last_alphas)
-    for ea, eb in zip(ema_a.state_dict()["ema"], ema_b.state_dict()["ema"]):
-        torch.testing.assert_close(eb, ea)
-
-
-def test_load_state_dict_rejects_mismatch():
-    params = make_params()
-    ema = AdaptiveEMA(params)
-    fake_step(params, torch.Generator().manual_seed(18))
-    ema.update()
-    with pytest.raises(ValueError, match="tracks"):
-        AdaptiveEMA(params[:2]).load_state_dict(ema.state_dict())
-    with pytest.raises(ValueError, match="'adaptive'"):
-        FixedEMA(params).load_state_dict(ema.state_dict())
-    fixed = FixedEMA(params, beta=0.9)
-    fixed.update()
-    with pytest.raises(ValueError, match="beta"):
-        FixedEMA(params, beta=0.99).load_state_dict(fixed.state_dict())
-
-
 def test_constructor_validation():
     with pytest.raises(ValueError, match="empty"):
         AdaptiveEMA([])

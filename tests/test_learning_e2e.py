@@ -8,7 +8,7 @@ import pytest
 
 from app.server import AppServer
 from llaca.evaluate import is_correct
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import TINY
 
 
@@ -58,10 +58,10 @@ def test_a_client_teaches_a_new_family_through_the_app(tmp_path):
         while time.time() < deadline:
             st = client.predict(api_name="/status")
             buf = next(b for b in st["buffers"] if b["id"] == buffer_id)
-            if buf["status"] in ("trained", "rejected"):
+            if buf["status"] in ("promoted", "rejected"):
                 break
             time.sleep(1)
-        assert buf["status"] == "trained", buf
+        assert buf["status"] == "promoted", buf
         version = buf["adapter_version"]
         assert st["current_adapter"] == version
         acc, versions = served_accuracy(client, tmp_path, "position", 40, 9999)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from llaca.model import GenerationParams, load_model
 from llaca.serving import BASE, AdapterLoadError, Assistant, ServedVersion, SwapLock
 from llaca.tuner import TuneConfig, tune
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import TINY
 
 

@@ -163,11 +163,11 @@ def test_expired_lease_returns_the_buffer_and_the_old_worker_loses_it(timed, clo
         timed.renew_lease(buffer.id, "w1", 30)
     assert lost.value.facts == {"buffer_id": buffer.id, "worker_id": "w1", "status": "training", "claimed_by": "w2"}
     with pytest.raises(LeaseLostError):
-        timed.finish_claim(buffer.id, "w1", "trained")
-    done = timed.finish_claim(buffer.id, "w2", "trained")
-    assert (done.status, done.lease_until, done.claimed_by) == ("trained", None, "w2")
-    with pytest.raises(LeaseLostError, match="it is trained"):
-        timed.finish_claim(buffer.id, "w2", "trained")
+        timed.finish_claim(buffer.id, "w1", "promoted")
+    done = timed.finish_claim(buffer.id, "w2", "promoted")
+    assert (done.status, done.lease_until, done.claimed_by) == ("promoted", None, "w2")
+    with pytest.raises(LeaseLostError, match="it is promoted"):
+        timed.finish_claim(buffer.id, "w2", "promoted")
 
 
 def test_claim_itself_returns_expired_buffers_first(timed, clock):
@@ -197,20 +197,20 @@ def test_finish_claim_records_outcome_and_validates(store):
     _, b2 = corrected_buffer(store, n=1)
     store.claim_ready_buffer("w", 60)
     store.claim_ready_buffer("w", 60)
-    with pytest.raises(InvalidInputError, match="'trained' or 'rejected'"):
+    with pytest.raises(InvalidInputError, match="'promoted' or 'rejected'"):
         store.finish_claim(b1.id, "w", "done")
     with pytest.raises(InvalidInputError, match="needs a reason"):
         store.finish_claim(b1.id, "w", "rejected", reason="  ")
     with pytest.raises(UnknownAdapterError):
-        store.finish_claim(b1.id, "w", "trained", adapter_version="v7")
+        store.finish_claim(b1.id, "w", "promoted", adapter_version="v7")
     assert store.get_buffer(b1.id).status == "training"
     store.register_adapter("v1", None, "adapters/v1", "llaca", {}, {})
-    trained = store.finish_claim(b1.id, "w", "trained", adapter_version="v1")
-    assert (trained.status, trained.adapter_version) == ("trained", "v1")
+    trained = store.finish_claim(b1.id, "w", "promoted", adapter_version="v1")
+    assert (trained.status, trained.adapter_version) == ("promoted", "v1")
     rejected = store.finish_claim(b2.id, "w", "rejected", reason="forgetting 12% > 5% on the probe set")
     assert (rejected.status, rejected.reason) == ("rejected", "forgetting 12% > 5% on the probe set")
     with pytest.raises(BufferNotFoundError):
-        store.finish_claim(999, "w", "trained")
+        store.finish_claim(999, "w", "promoted")
     with pytest.raises(InvalidInputError, match="worker_id"):
         store.claim_ready_buffer("", 60)
     with pytest.raises(InvalidInputError, match="lease_seconds"):
@@ -234,8 +234,8 @@ def test_splits_and_heldout_items_across_trained_buffers(store):
     assert store.buffer_items(b1.id) == before  # all or nothing
     with pytest.raises(InvalidInputError, match="'train' or 'heldout'"):
         store.set_splits(b1.id, {i1: "test"})
-    store.finish_claim(b1.id, "w", "trained")
-    store.finish_claim(b2.id, "w", "trained")
+    store.finish_claim(b1.id, "w", "promoted")
+    store.finish_claim(b2.id, "w", "promoted")
     store.finish_claim(b3.id, "w", "rejected", reason="guard failed")
     assert [i.id for i in store.heldout_items()] == [i1, i2]
     assert [i.id for i in store.heldout_items("rejected")] == [b3.items[0].id]

@@ -21,7 +21,7 @@ from tests.test_store_support import REPO_ROOT, ask, png_bytes, store  # noqa: F
 
 @pytest.fixture
 def taught(store):
-    """Alice: two corrections (one with an image), trained. Bob: one, still open."""
+    """Alice: two corrections (one with an image), promoted. Bob: one, still open."""
     alice, bob = store.start_session(user="alice"), store.start_session(user="bob")
     store.register_adapter("v1", None, store.data_dir / "adapters" / "v1", "llaca", {}, {})
     q1, a1 = ask(store, alice, "What colour?", "green", image=png_bytes((255, 0, 0)), adapter_version="v1")
@@ -33,7 +33,7 @@ def taught(store):
     store.add_correction(alice.id, a3.id, "hi")
     buffer = store.mark_ready(alice.id)
     store.claim_ready_buffer("w", 60)
-    store.finish_claim(buffer.id, "w", "trained", adapter_version="v1")
+    store.finish_claim(buffer.id, "w", "promoted", adapter_version="v1")
     qb, ab = ask(store, bob, "Which side?", "left", image=png_bytes((0, 0, 255)))
     store.add_correction(bob.id, ab.id, "right")
     return {"store": store, "alice": alice, "bob": bob, "sha_red": q1.image_sha256,
@@ -66,7 +66,7 @@ def test_llava_export_writes_data_json_and_images(taught, tmp_path):
     first = provenance[data[0]["id"]]
     a1 = taught["answers"][0]
     assert (first["message_id"], first["previous_answer"], first["answer_adapter_version"]) == (a1.id, "green", "v1")
-    assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "trained")
+    assert (first["session_id"], first["buffer_status"]) == (taught["alice"].id, "promoted")
 
 
 def pixels(path) -> bytes:
@@ -87,10 +87,10 @@ def test_llava_export_filters(taught, tmp_path):
     store = taught["store"]
     by_session = export_llava(store, tmp_path / "bob", session_id=taught["bob"].id)
     assert by_session.records == 1 and by_session.images == 1
-    trained = export_llava(store, tmp_path / "trained", status="trained")
-    data = json.loads((tmp_path / "trained" / "data.json").read_text())
+    trained = export_llava(store, tmp_path / "promoted", status="promoted")
+    data = json.loads((tmp_path / "promoted" / "data.json").read_text())
     assert trained.records == 2 and [d["conversations"][1]["value"] for d in data] == ["red", "square"]
-    images = sorted((tmp_path / "trained" / "images").iterdir())
+    images = sorted((tmp_path / "promoted" / "images").iterdir())
     assert [p.name for p in images] == sorted(f"{d['id']}.png" for d in data)
     assert {pixels(p) for p in images} == {pixels(store.image_path(taught["sha_red"]))}
     assert export_llava(store, tmp_path / "none", status="rejected").records == 0
@@ -129,12 +129,15 @@ def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
 def test_cli_export_and_check(taught, tmp_path):
     store = taught["store"]
     data_dir = str(store.data_dir)
-    done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "trained", module="llaca.export")
+    done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--status", "promoted", module="llaca.export")
     assert done.returncode == 0, done.stderr
     assert "wrote 2 corrections and 2 images to" in done.stdout and "left out 1 correction without" in done.stdout
     assert len(json.loads((tmp_path / "cli" / "data.json").read_text())) == 2
-    # LLACA_DATA_DIR is the default data dir; the store's own export is JSONL
-    done = run_cli("export", "--out", str(tmp_path / "j"), env={"LLACA_DATA_DIR": data_dir})
+    # llaca.export takes its data folder from Settings, so LLACA_DATA_DIR works as for the app
+    done = run_cli("--out", str(tmp_path / "env"), module="llaca.export", env={"LLACA_DATA_DIR": data_dir})
+    assert done.returncode == 0 and "wrote 3 corrections" in done.stdout, done.stderr
+    # the store's own export is JSONL; it reads no environment variable
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "j"))
     assert done.returncode == 0, done.stderr
     assert "wrote 8 messages, 5 feedback rows" in done.stdout
     # --out FILE.jsonl writes that one file (the README's command), not a folder of that name
@@ -148,7 +151,7 @@ def test_cli_export_and_check(taught, tmp_path):
     assert done.returncode == 2 and "already exists. Choose a new one or pass --force" in done.stderr
     done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "c.jsonl"), module="llaca.export")
     assert done.returncode == 2 and "writes JSONL" in done.stderr and not (tmp_path / "c.jsonl").exists()
-    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--status", "trained")
+    done = run_cli("export", "--data-dir", data_dir, "--out", str(tmp_path / "x"), "--status", "promoted")
     assert done.returncode == 2 and "unrecognized arguments: --status" in done.stderr
     done = run_cli("--data-dir", data_dir, "--out", str(tmp_path / "cli"), module="llaca.export")
     assert done.returncode == 2 and "is not empty. Choose a new one or pass --force" in done.stderr

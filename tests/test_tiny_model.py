@@ -13,7 +13,8 @@ import pytest
 
 from llaca.evaluate import evaluate
 from llaca.model import GenerationParams, answer, stream_answer
-from llaca.world.build import BuildConfig, build, heldout
+from llaca.world.build import BuildConfig, build
+from llaca.world.heldout import heldout
 from llaca.world.vision_pretrain import VisionPretrainConfig
 from tests.conftest import ROOT, TINY
 from tests.other_drawing import other_code_samples

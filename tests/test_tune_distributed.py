@@ -31,7 +31,7 @@ import torch
 from llaca.dataset import write_folder
 from llaca.tune import build_parser, command_args, config_from_args
 from llaca.tuner import TuneConfig, TuningError, _batches
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
 
 GLOBAL_BATCH = 8

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 from feedback_store import FeedbackStore
-from llaca.adapter_files import is_complete, publish, staging_dir, sweep_staging
+from llaca.adapter_files import publish, staging_dir, sweep_staging
 from llaca.tune import TrainingCommandError
-from llaca.evaluate import adapter_applied, evaluate
+from llaca.evaluate import adapter_scores
 from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
+from llaca.adapter_metrics import AdapterMetrics
+from llaca.config import Settings
 from llaca.worker import LearningWorker, WorkerConfig, sweep_training_dirs
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
-from tests.worker_helpers import teach
+from tests.worker_helpers import is_complete, teach
 
 
 def test_guard_rule():
@@ -51,8 +53,7 @@ def test_publish_is_atomic_and_leftovers_are_swept(tmp_path):
 
 def served_accuracy(lm, store, family, n=100, seed=31337, size=64):
     cur = store.current_adapter()
-    with adapter_applied(lm.model, cur.path if cur else None) as model:
-        return evaluate(model, lm.processor, heldout(family, n, seed=seed, size=size)).accuracy
+    return adapter_scores(lm, cur.path if cur else None, [heldout(family, n, seed=seed, size=size)])[0]
 
 
 @pytest.mark.slow
@@ -61,16 +62,17 @@ def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
     base = {f: served_accuracy(tiny, store, f) for f in ("color", "shape")}
     assert served_accuracy(tiny, store, "position") < 50
     _, buffer_id = teach(store, "position", 48, seed=5)
-    worker = LearningWorker(WorkerConfig(tmp_path), store, lm=tiny)
+    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path)), store, lm=tiny)
     assert worker.run_once()
     buf = store.get_buffer(buffer_id)
-    assert buf.status == "trained", buf.reason
+    assert buf.status == "promoted", buf.reason
     cur = store.current_adapter()
     assert cur is not None and cur.version == buf.adapter_version and is_complete(Path(cur.path))
-    assert cur.metrics["guard"]["passed"] and cur.metrics["row_labels"] == ["base", cur.version]
+    metrics = AdapterMetrics.from_dict(cur.metrics)
+    assert metrics.guard.passed and metrics.row_labels == ["base", cur.version] and metrics.buffer == buffer_id
     held = [it for it in store.buffer_items(buffer_id) if it.split == "heldout"]
-    assert len(held) == 10 and cur.metrics["guard"]["sizes"][f"buffer {buffer_id}"] == 10  # 20% held out
-    assert {it.id for it in store.heldout_items("trained")} == {it.id for it in held}  # guards later buffers
+    assert len(held) == 10 and metrics.guard.sizes[f"buffer {buffer_id}"] == 10  # 20% held out
+    assert {it.id for it in store.heldout_items("promoted")} == {it.id for it in held}  # guards later buffers
     assert served_accuracy(tiny, store, "position") >= 80
     for f in ("color", "shape"):
         assert served_accuracy(tiny, store, f) >= base[f] - 5, f
@@ -81,20 +83,23 @@ def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
 def test_guard_rejects_corrections_that_would_destroy_colour(tiny, tmp_path):
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "color", 24, seed=9, answer_for=lambda s: "blue")
-    worker = LearningWorker(WorkerConfig(tmp_path), store, lm=tiny)
+    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path)), store, lm=tiny)
     assert worker.run_once()
     buf = store.get_buffer(buffer_id)
     assert buf.status == "rejected" and "color" in buf.reason and "fell" in buf.reason
     assert store.current_adapter() is None  # still serving the base model
     rejected = store.list_adapters()
     assert len(rejected) == 1 and rejected[0].status == "rejected"
+    assert rejected[0].version == f"buffer-{buffer_id}" and buf.adapter_version == rejected[0].version
+    assert store.next_adapter_version() == "v1"  # a rejected candidate takes no version number
 
 
 def start_worker(data_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "llaca.worker", "--data-dir", str(data_dir), "--model", str(TINY), "--device", "cpu",
-         "--lease", "4", "--poll", "0.3", "--steps", "30", "--lr", "1e-3", "--threads", "1", "--probe-n", "12", *extra],
+         "--lease", "4", "--poll", "0.3", "--learn-steps", "30", "--lr", "1e-3", "--worker-threads", "1", "--probe-n", "12",
+         *extra],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
@@ -128,7 +133,7 @@ def test_sigkill_during_training_loses_nothing(tmp_path):
     proc = start_worker(tmp_path, "--once")
     assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
     buf = store.get_buffer(buffer_id)
-    assert buf.status in ("trained", "rejected") and buf.attempts == 2
+    assert buf.status in ("promoted", "rejected") and buf.attempts == 2
     assert not list((tmp_path / "adapters").glob("*.tmp"))
     assert all(is_complete(p) for p in (tmp_path / "adapters").iterdir())
 
@@ -141,7 +146,7 @@ def test_sigkill_during_promotion_never_serves_a_broken_version(tmp_path, point)
 
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "position", 12, seed=4)
-    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--margin", "100")
+    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--guard-margin", "100")
     assert proc.wait(180) == -signal.SIGKILL, proc.stderr.read()[-2000:]
     cur = store.current_adapter()
     if point == "after-promote":
@@ -155,11 +160,11 @@ def test_sigkill_during_promotion_never_serves_a_broken_version(tmp_path, point)
     assert assistant.version == (cur.version if cur else BASE)
     # restart after the lease expired: leftovers swept, the buffer finished (recovered or trained again)
     wait_for(lambda: store.get_buffer(buffer_id).lease_until < time.time(), 10, "the lease to expire")
-    proc = start_worker(tmp_path, "--once", "--margin", "100")
+    proc = start_worker(tmp_path, "--once", "--guard-margin", "100")
     assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
     assert not list((tmp_path / "adapters").glob("*.tmp"))
     buf = store.get_buffer(buffer_id)
-    assert buf.status == "trained"
+    assert buf.status == "promoted"
     assert is_complete(Path(store.current_adapter().path))
 
 
@@ -170,14 +175,14 @@ def test_trains_through_a_training_command(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "position", 12, seed=5)
-    cfg = WorkerConfig(tmp_path, model=str(TINY), steps=20, lr=1e-3, probe_n=12, margin=100, threads=1,
-                       train_command=f"{sys.executable} -m llaca.tune")
+    cfg = WorkerConfig(Settings(data_dir=tmp_path, model=str(TINY), learn_steps=20, guard_margin=100, worker_threads=1,
+                                train_command=f"{sys.executable} -m llaca.tune"), lr=1e-3, probe_n=12)
     worker = LearningWorker(cfg, store, lm=tiny)
     seen = []
     worker.state = lambda state, **detail: seen.append((state, detail))  # progress reaches the worker state
     assert worker.run_once()
     buf = store.get_buffer(buffer_id)
-    assert buf.status == "trained", buf.reason
+    assert buf.status == "promoted", buf.reason
     cur = store.current_adapter()
     assert cur.version == buf.adapter_version and is_complete(Path(cur.path))
     record = json.loads((Path(cur.path) / "run_record.json").read_text())
@@ -192,8 +197,8 @@ def test_trains_through_a_training_command(tiny, tmp_path, monkeypatch):
 def test_a_failing_training_command_leaves_the_buffer_to_its_lease(tiny, tmp_path):
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "position", 4, seed=6)
-    cfg = WorkerConfig(tmp_path, model=str(TINY), steps=2, probe_n=4,
-                       train_command=f"{sys.executable} -m llaca.tune --no-such-flag")
+    cfg = WorkerConfig(Settings(data_dir=tmp_path, model=str(TINY), learn_steps=2,
+                                train_command=f"{sys.executable} -m llaca.tune --no-such-flag"), probe_n=4)
     worker = LearningWorker(cfg, store, lm=tiny)
     with pytest.raises(TrainingCommandError, match="exited with status 2"):
         worker.run_once()
@@ -211,3 +216,20 @@ def test_training_dirs_of_dead_workers_are_swept(tmp_path):
     for p in (mine, gone):
         p.mkdir()
     assert sweep_training_dirs(tmp_path) == [gone] and mine.exists() and not gone.exists()
+
+
+def test_only_a_promoted_candidate_takes_a_version_number(tmp_path):
+    store = FeedbackStore(tmp_path)
+    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path)), store)
+
+    def staged(tag: str) -> Path:
+        stage = staging_dir(worker.adapters_dir, tag)
+        stage.mkdir()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (stage / name).write_text("{}")
+        return stage
+
+    assert worker._publish(staged("a"), 4, promoted=False)[0] == "buffer-4"
+    assert worker._publish(staged("b"), 4, promoted=False)[0] == "buffer-4-1"  # a folder left by a crash
+    assert worker._publish(staged("c"), 5, promoted=True)[0] == "v1"
+    store.close()

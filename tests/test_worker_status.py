@@ -12,6 +12,7 @@ import pytest
 from app.panels import worker_summary
 from feedback_store import FeedbackStore, TaskBuffer, WorkerState
 from llaca.liveness import HIDE_AFTER_SECONDS, STALE_SECONDS, classify
+from llaca.config import Settings
 from llaca.worker import LearningWorker, WorkerConfig, start_background
 from tests.conftest import TINY
 
@@ -44,7 +45,7 @@ def test_a_worker_beats_while_idle_and_marks_itself_stopped(tmp_path, monkeypatc
 
     monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.2)
     store = FeedbackStore(tmp_path)
-    cfg = WorkerConfig(tmp_path, model=str(TINY), poll_seconds=0.05, idle_ready_seconds=None, worker_id="test:1")
+    cfg = WorkerConfig(Settings(data_dir=tmp_path, model=str(TINY), idle_ready=0), claim_poll_seconds=0.05, worker_id="test:1")
     worker, thread = start_background(cfg, store)
     try:
         time.sleep(0.3)
@@ -93,7 +94,7 @@ def test_restarting_the_app_three_times_leaves_one_worker(tmp_path):
 
 
 def test_the_worker_command_documents_every_option():
-    from llaca.worker import build_parser
+    from llaca.worker_cli import build_parser
 
     for action in build_parser()._actions:
         if action.dest in ("help", "crash_at"):

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import io
 
-from llaca.world.build import heldout
+from llaca.world.heldout import heldout
+
+
+def is_complete(path) -> bool:
+    """A published adapter folder: not a staging folder, and peft's files are all there."""
+    from pathlib import Path
+
+    from llaca.adapter_files import REQUIRED
+
+    path = Path(path)
+    return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
 
 
 def png(image) -> bytes:
@@ -26,3 +36,13 @@ def teach(store, family: str, n: int, seed: int, answer_for=None, threshold: int
         state = store.add_correction(session.id, a.id, answer_for(s) if answer_for else s.answer,
                                      ready_threshold=threshold or n)
     return session.id, state.buffer_id
+
+
+def metrics_record(buffer: int, tasks: list[str], matrix: list[list[float]], row_labels: list[str],
+                   passed: bool = True, reason: str = "ok", margin: float = 5.0) -> dict:
+    """An adapter metrics record (``llaca.adapter_metrics``) with fixture numbers, as stored."""
+    from llaca.adapter_metrics import AdapterMetrics
+    from llaca.guard import GuardReport
+
+    guard = GuardReport(passed, reason, margin, dict(zip(tasks, matrix[-1])), dict(zip(tasks, matrix[-2])))
+    return AdapterMetrics(buffer, "session", tasks, matrix, row_labels, guard, 1.0).to_dict()

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..config import DEFAULT_MODEL
 from .families import CONTINUAL_SEQUENCE, FAMILIES
 
 
@@ -41,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="cpu", help="where to train (cpu, cuda); the committed model is built on cpu")
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")
-    ev.add_argument("--model", default="models/llava-tiny")
+    ev.add_argument("--model", default=DEFAULT_MODEL)
     ev.add_argument("--family", required=True, choices=sorted(FAMILIES))
     ev.add_argument("--n", type=int, default=500)
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--size", type=_size, default=64)
     ev.add_argument("--device", default=None)
     le = sub.add_parser("learnability", help="train one single-task LoRA per continual family and score it")
-    le.add_argument("--model", default="models/llava-tiny")
+    le.add_argument("--model", default=DEFAULT_MODEL)
     le.add_argument("--families", default=",".join(CONTINUAL_SEQUENCE), help="comma-separated continual families")
     le.add_argument("--train-n", default="48,400", help="training-set sizes, comma-separated (default: 48,400)")
     le.add_argument("--eval-n", type=int, default=200, help="held-out samples per family and size (default: 200)")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "export":
         from ..dataset import write_folder
-        from .build import heldout
+        from .heldout import heldout
 
         samples = heldout(args.family, args.n, seed=args.seed, size=args.size)
         path = write_folder(samples, args.out)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from ..evaluate import evaluate
         from ..model import load_model
-        from .build import heldout
+        from .heldout import heldout
 
         lm = load_model(args.model, device=args.device)
         samples = heldout(args.family, args.n, seed=args.seed, size=args.size)

@@ -25,9 +25,10 @@ from ..dataset import VQASample
 from ..encoding import answer_loss, encode_supervised
 from ..evaluate import caption_object_score, evaluate
 from .canvas import render
+from .heldout import heldout
 from .families import (
     QUESTIONS, SceneDoesNotFit, base_scene, caption, count_answer, edges_answer, edges_question, presence_answer,
-    presence_question, presence_targets, make_item, sample_rng, unique_objects,
+    presence_question, presence_targets, unique_objects,
 )
 from .processor import build_processor
 from .tiny import TinyArch, build_model
@@ -86,11 +87,6 @@ def base_conversation(rng: random.Random, canvas: tuple[int, int]) -> VQASample:
         turns += [(QUESTIONS["color"], objs[0].color), (QUESTIONS["shape"], objs[0].name)]
     rng.shuffle(turns)
     return VQASample("train", render(scene), turns, "base")
-
-
-def heldout(family: str, n: int, seed: int = 10_000, size: int | tuple[int, int] = 64) -> list[VQASample]:
-    items = [make_item(family, sample_rng(seed, i, family), size) for i in range(n)]
-    return [VQASample(f"{family}-{i}", it.image, it.turns, family) for i, it in enumerate(items)]
 
 
 def heldout_accuracy(model, processor, eval_sets, n: int) -> dict[str, float]:

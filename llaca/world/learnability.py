@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from ..evaluate import adapter_applied, evaluate
+from ..evaluate import adapter_scores
 from ..tuner import TuneConfig, tune
-from .build import heldout
+from .heldout import heldout
 from .families import CONTINUAL_SEQUENCE
 
 EVAL_SIZES: tuple[tuple[str, int | tuple[int, int]], ...] = (("64px", 64), ("96-128px", (96, 128)))
@@ -32,8 +32,8 @@ def _eval_sets(family: str, n: int) -> dict[str, list]:
     return {label: heldout(family, n, seed=EVAL_SEED + k, size=size) for k, (label, size) in enumerate(EVAL_SIZES)}
 
 
-def _scores(model, processor, sets: dict[str, list]) -> dict[str, float]:
-    return {label: round(evaluate(model, processor, s).accuracy, 1) for label, s in sets.items()}
+def _scores(lm, adapter: Path | None, sets: dict[str, list]) -> dict[str, float]:
+    return dict(zip(sets, adapter_scores(lm, adapter, list(sets.values()), digits=1)))
 
 
 def learnability(lm, families: Sequence[str] = CONTINUAL_SEQUENCE, train_ns: Sequence[int] = (48, 400),
@@ -46,14 +46,13 @@ def learnability(lm, families: Sequence[str] = CONTINUAL_SEQUENCE, train_ns: Seq
     try:
         for family in families:
             sets = _eval_sets(family, eval_n)
-            row = {"zero_shot": _scores(lm.model, lm.processor, sets)}
+            row = {"zero_shot": _scores(lm, None, sets)}
             for n in train_ns:
                 t0 = time.perf_counter()
                 train = heldout(family, n, seed=TRAIN_SEED)
                 adapter = work / f"{family}-{n}"
                 tune(lm.model, lm.processor, train, cfg, out_dir=adapter, show_progress=progress)
-                with adapter_applied(lm.model, adapter) as model:
-                    row[f"N={n}"] = _scores(model, lm.processor, sets)
+                row[f"N={n}"] = _scores(lm, adapter, sets)
                 row[f"N={n}"]["seconds"] = round(time.perf_counter() - t0, 1)
             out["families"][family] = row
             if progress:

@@ -1,6 +1,6 @@
 """The training loop both stages of the tiny model's build share.
 
-Warm-up plus cosine learning-rate schedule (scaled per parameter group by its `lr_scale`),
+The warm-up plus cosine learning-rate schedule (`llaca.schedule`, scaled per parameter group by its `lr_scale`),
 gradient clipping, a tqdm bar showing the running loss, and a summary of the losses. Batches
 are drawn and encoded in a background thread one step ahead (drawing, rendering and
 tokenising are Python work that overlaps with torch's GIL-free kernels); one producer keeps
@@ -9,7 +9,6 @@ the batch sequence, and so the build, deterministic.
 
 from __future__ import annotations
 
-import math
 import time
 import queue
 import threading
@@ -18,13 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-
-def cosine_lr(step: int, steps: int, lr: float, warmup: int, min_lr_frac: float) -> float:
-    """Linear warm-up, then cosine decay to `min_lr_frac` of `lr`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+from ..schedule import warmup_cosine
 
 
 def prefetched(make_batch: Callable[[], object], n: int, depth: int = 2) -> Iterator:
@@ -78,7 +71,7 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(prefetched(make_batch, steps), total=steps, desc=desc, disable=not progress, mininterval=5)
     for step, batch in enumerate(bar):
-        base = cosine_lr(step, steps, lr, warmup, min_lr_frac)
+        base = lr * warmup_cosine(step, steps, warmup, min_lr_frac)
         for g in opt.param_groups:
             g["lr"] = base * g.get("lr_scale", 1.0)
         loss = batch_loss(batch)
