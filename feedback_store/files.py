@@ -7,6 +7,7 @@ file. ``fsync_dir`` is that last step on its own (also used by ``llaca`` for ada
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -15,15 +16,18 @@ TMP_PREFIX = ".tmp-"
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or creation in folder ``path`` durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
+    """Make a rename or creation in folder ``path`` durable.
+
+    A no-op where folders cannot be synced (Windows; filesystems answering EINVAL); any other
+    error, such as EIO, is raised: the rename may not survive a power cut."""
+    if os.name == "nt":  # pragma: no cover - folders cannot be opened for fsync there
         return
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 
