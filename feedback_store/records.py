@@ -16,11 +16,8 @@ from .status import AdapterStatus, BufferStatus, Split
 Role = Literal["user", "assistant"]
 FeedbackKind = Literal["like", "dislike", "correction"]
 
-ROLES: tuple[str, ...] = ("user", "assistant")
-FEEDBACK_KINDS: tuple[str, ...] = ("like", "dislike", "correction")
 BUFFER_STATUSES: tuple[str, ...] = tuple(BufferStatus)
 SPLITS: tuple[str, ...] = tuple(Split)
-ADAPTER_STATUSES: tuple[str, ...] = tuple(AdapterStatus)
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -60,8 +57,8 @@ class Session:
 @dataclass(frozen=True)
 class Message:
     """A user question or an assistant answer. ``image_sha256`` is the image attached
-    to this very message; use ``FeedbackStore.conversation_image`` for the image that
-    applies to a follow-up turn."""
+    to this very message; a correction of a follow-up turn carries the conversation's image
+    (``BufferItem.image_sha256``)."""
 
     id: str
     session_id: str

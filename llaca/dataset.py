@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from PIL import Image
 
@@ -55,14 +55,19 @@ def to_record(sample: VQASample, image_rel: str) -> dict:
 
 
 def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
-    """Write samples as a LLaVA-format folder; `data.json` is written last, atomically."""
+    """Write samples as a LLaVA-format folder; `data.json` is written last, atomically.
+
+    Ids name the image files, so a repeated id is refused: before anything is written when
+    `samples` is a sequence, and before `data.json` is written when it is a lazy iterable."""
     out = Path(out)
-    dup = sorted(i for i, k in Counter(s.id for s in samples).items() if k > 1)
-    if dup:
-        raise DatasetFormatError(f"sample ids must be unique within a folder (they name the image files); repeated: {', '.join(dup[:5])}")
+    if isinstance(samples, Sequence):
+        _check_unique_ids(s.id for s in samples)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    records = []
+    records, seen = [], set()
     for s in samples:
+        if s.id in seen:
+            _check_unique_ids([s.id, s.id])
+        seen.add(s.id)
         rel = f"images/{s.id}.png"
         s.image.save(out / rel)
         records.append(to_record(s, rel))
@@ -70,6 +75,13 @@ def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
     tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False))
     os.replace(tmp, out / "data.json")
     return out / "data.json"
+
+
+def _check_unique_ids(ids: Iterable[str]) -> None:
+    repeated = sorted(i for i, k in Counter(ids).items() if k > 1)
+    if repeated:
+        raise DatasetFormatError("sample ids must be unique within a folder (they name the image files); "
+                                 f"repeated: {', '.join(repeated[:5])}")
 
 
 def parse_conversations(conv: list, where: str) -> list[tuple[str, str]]:

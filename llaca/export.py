@@ -23,11 +23,12 @@ from pathlib import Path
 from PIL import Image
 
 from feedback_store import FeedbackStore, plural
-from feedback_store.cli import data_dir_parent, store_command
+from feedback_store.cli import store_command
 from feedback_store.export import ExportSummary, corrections, prepare_folder
 from feedback_store.files import write_atomic
 from feedback_store.records import BUFFER_STATUSES, iso_time
 
+from .config import Settings, add_flags
 from .dataset import VQASample, write_folder
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ def export_llava(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llaca.export", parents=[data_dir_parent()],
-                                     description=__doc__.split("\n")[0])
+    parser = add_flags(argparse.ArgumentParser(prog="python -m llaca.export", description=__doc__.split("\n")[0]),
+                       ["data_dir"])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (new or empty)")
     parser.add_argument("--session", help="only this session id")
     parser.add_argument("--status", choices=BUFFER_STATUSES, help="only buffers with this status")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out.suffix == ".jsonl":
         parser.error(f"--out is a folder, not {args.out.name}; `python -m feedback_store export` writes JSONL")
-    return store_command(args.data_dir, lambda store: _export(store, args))
+    return store_command(Settings.from_namespace(args).data_dir, lambda store: _export(store, args))
 
 
 def _export(store: FeedbackStore, args: argparse.Namespace) -> int:

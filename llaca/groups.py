@@ -68,7 +68,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from .adapter_files import fsync_dir
+from feedback_store.files import fsync_dir
+
 from .world.palette import COLOR_NAMES, SHAPES
 
 FORMAT = "llaca-instruction-codebook"
