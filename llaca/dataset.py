@@ -61,12 +61,11 @@ def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
     `samples` is a sequence, and before `data.json` is written when it is a lazy iterable."""
     out = Path(out)
     if isinstance(samples, Sequence):
-        _check_unique_ids(s.id for s in samples)
+        _check_unique_ids([s.id for s in samples])
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, seen = [], set()
     for s in samples:
-        if s.id in seen:
-            _check_unique_ids([s.id, s.id])
+        _check_unique_ids([s.id], seen)
         seen.add(s.id)
         rel = f"images/{s.id}.png"
         s.image.save(out / rel)
@@ -77,8 +76,9 @@ def write_folder(samples: Iterable[VQASample], out: Path) -> Path:
     return out / "data.json"
 
 
-def _check_unique_ids(ids: Iterable[str]) -> None:
-    repeated = sorted(i for i, k in Counter(ids).items() if k > 1)
+def _check_unique_ids(ids: list[str], seen: set[str] = frozenset()) -> None:
+    """DatasetFormatError naming the ids that repeat within `ids` or are already in `seen`."""
+    repeated = sorted(i for i, k in Counter(ids).items() if k > 1 or i in seen)
     if repeated:
         raise DatasetFormatError("sample ids must be unique within a folder (they name the image files); "
                                  f"repeated: {', '.join(repeated[:5])}")

@@ -66,3 +66,11 @@ def test_bench_names_a_task_after_its_folder_also_when_given_its_data_json(tmp_p
     assert [t.name for t in tasks] == ["count", "letter"]
     with pytest.raises(SystemExit, match="distinct names"):
         folder_tasks([tmp_path / "count", tmp_path / "count" / "data.json"], None, 2, seed=0)
+
+
+def test_a_lazy_iterable_with_a_repeated_id_never_gets_a_data_json(tmp_path):
+    a, b = heldout("count", 2, seed=3)
+    b.id = a.id
+    with pytest.raises(DatasetFormatError, match=f"repeated: {a.id}"):
+        write_folder(iter([a, b]), tmp_path / "ds")
+    assert not (tmp_path / "ds" / "data.json").exists()
