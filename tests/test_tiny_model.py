@@ -141,11 +141,26 @@ def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
 
 @pytest.mark.slow
 def test_a_shortened_build_learns(tmp_path):
+    # bf16 autocast: the faster path (`--mixed-precision bf16`); fp32 is the same loop with no context
     cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=None,
-                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40))
+                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40), mixed_precision="bf16")
     record = build(cfg, tmp_path / "tiny", progress=False)
     vision = record["vision_pretraining"]
     assert vision["loss_last_50"] < 0.8 * vision["loss_first_50"]
     assert record["loss_last_50"] < 0.5 * record["loss_first_50"]
     assert record["heldout_accuracy"]["color@64"] > 35.0  # chance is 16.7
     assert (tmp_path / "tiny" / "model.safetensors").exists() and (tmp_path / "tiny" / "chat_template.jinja").exists()
+
+
+def test_build_forward_precision_is_bf16_autocast_or_plain_fp32():
+    import torch
+
+    from llaca.world.train_loop import autocast_for
+
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast_for("cpu", "bf16")():
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast_for("cpu", "no")():
+        assert (a @ b).dtype == torch.float32
+    with pytest.raises(ValueError, match="mixed_precision"):
+        autocast_for("cpu", "fp16")

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="cpu", help="where to train (cpu, cuda); the committed model is built on cpu")
+    b.add_argument("--mixed-precision", choices=("bf16", "no"), default="no",
+                   help="no: plain fp32, as the committed model was built (default); "
+                        "bf16: forward passes under bf16 autocast with fp32 weights, about 1.4x faster on a CPU with bf16")
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")
     ev.add_argument("--model", default=DEFAULT_MODEL)
     ev.add_argument("--family", required=True, choices=sorted(FAMILIES))
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "build":
         from .build import BuildConfig, build
 
-        cfg = BuildConfig(seed=args.seed, threads=args.threads, device=args.device)
+        cfg = BuildConfig(seed=args.seed, threads=args.threads, device=args.device, mixed_precision=args.mixed_precision)
         if args.steps is not None:
             cfg.steps = args.steps
         if args.vision_steps is not None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .families import SceneDoesNotFit, _describe, _letter, _one_shape, _scatter_shapes, make_item, sample_rng
 from .canvas import render, render_ids
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
-from .train_loop import train
+from .train_loop import autocast_for, train
 
 MAX_OBJECTS = 5
 IGNORE = -100
@@ -176,7 +176,8 @@ def probe_accuracy(vision_tower, probe: WorldProbe, image_processor, feature_lay
 
 
 def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int,
-                    canvas: tuple[int, int], progress: bool = True, device: str = "cpu") -> dict:
+                    canvas: tuple[int, int], progress: bool = True, device: str = "cpu",
+                    mixed_precision: str = "no") -> dict:
     """Train `model`'s vision tower (a LlavaForConditionalGeneration) in place; return a record."""
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
@@ -197,7 +198,8 @@ def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int
         return probe_loss(probe(patch_features(tower, pixels.to(device), layer)), labels, boxes.to(device))
 
     tower.train()
-    run = train(opt, make_batch, batch_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "pre-train vision tower", progress)
+    run = train(opt, make_batch, batch_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "pre-train vision tower", progress,
+                autocast_for(device, mixed_precision))
     tower.eval()
     accuracy: dict[str, float] = {}
     for size in (64, 128):
