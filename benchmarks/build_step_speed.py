@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = BuildConfig()
     processor = build_processor(cfg.arch.image_size, cfg.arch.patch_size)
-    cfg.arch.vocab_size = 640
     model = build_model(cfg.arch)
     tower, layer, patch = model.model.vision_tower, model.config.vision_feature_layer, cfg.arch.patch_size
     probe = WorldProbe(cfg.arch.vision_hidden)

@@ -164,3 +164,9 @@ def test_build_forward_precision_is_bf16_autocast_or_plain_fp32():
         assert (a @ b).dtype == torch.float32
     with pytest.raises(ValueError, match="mixed_precision"):
         autocast_for("cpu", "fp16")
+
+
+def test_a_bad_precision_is_refused_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match="mixed_precision"):
+        build(BuildConfig(mixed_precision="fp16"), tmp_path / "tiny", progress=False)
+    assert not (tmp_path / "tiny").exists()

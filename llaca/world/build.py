@@ -108,6 +108,7 @@ def heldout_accuracy(model, processor, eval_sets, n: int) -> dict[str, float]:
 
 def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> dict:
     """Train a tiny LLaVA; save model + processor to `out`; return the build record."""
+    precision = autocast_for(cfg.device, cfg.mixed_precision)  # a bad value fails here, before any training
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     processor = build_processor(cfg.arch.image_size, cfg.arch.patch_size, seed=cfg.seed)
@@ -117,7 +118,7 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
     vision_record = None
     if cfg.vision.steps > 0:
         vision_record = pretrain_vision(model, processor.image_processor, cfg.vision, cfg.seed, cfg.canvas, progress,
-                                        cfg.device, cfg.mixed_precision)
+                                        cfg.device, precision)
         log.info("vision tower pre-trained: %s", vision_record)
     vision_params = list(model.model.vision_tower.parameters())
     vision_ids = {id(p) for p in vision_params}
@@ -137,7 +138,7 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
 
     model.train()
     run = train(opt, make_batch, batch_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "build tiny llava", progress,
-                autocast_for(cfg.device, cfg.mixed_precision))
+                precision)
     model.eval()
     model.requires_grad_(True)
     accuracy = heldout_accuracy(model, processor, cfg.eval_sets, cfg.eval_n)

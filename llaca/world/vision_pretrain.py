@@ -19,7 +19,9 @@ The probes are thrown away afterwards; the tower goes on into the LLaVA stage.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from .families import SceneDoesNotFit, _describe, _letter, _one_shape, _scatter_shapes, make_item, sample_rng
 from .canvas import render, render_ids
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
-from .train_loop import autocast_for, train
+from .train_loop import train
 
 MAX_OBJECTS = 5
 IGNORE = -100
@@ -177,8 +179,10 @@ def probe_accuracy(vision_tower, probe: WorldProbe, image_processor, feature_lay
 
 def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int,
                     canvas: tuple[int, int], progress: bool = True, device: str = "cpu",
-                    mixed_precision: str = "no") -> dict:
-    """Train `model`'s vision tower (a LlavaForConditionalGeneration) in place; return a record."""
+                    precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:
+    """Train `model`'s vision tower (a LlavaForConditionalGeneration) in place; return a record.
+
+    `precision` is the forward pass's context (`train_loop.autocast_for`)."""
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     torch.manual_seed(seed)
@@ -199,7 +203,7 @@ def pretrain_vision(model, image_processor, cfg: VisionPretrainConfig, seed: int
 
     tower.train()
     run = train(opt, make_batch, batch_loss, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_frac, "pre-train vision tower", progress,
-                autocast_for(device, mixed_precision))
+                precision)
     tower.eval()
     accuracy: dict[str, float] = {}
     for size in (64, 128):
