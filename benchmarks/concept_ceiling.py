@@ -34,12 +34,12 @@ from llaca.config import DEFAULT_MODEL  # noqa: E402
 from llaca.dataset import VQASample  # noqa: E402
 from llaca.evaluate import generate_answers, is_correct  # noqa: E402
 from llaca.model import load_model  # noqa: E402
+from llaca.world.learnability import EVAL_SIZES  # noqa: E402
 from llaca.world.families import (  # noqa: E402
-    QUESTIONS, caption, count_answer, edges_answer, edges_question, generate, presence_answer, presence_question,
+    CONTINUAL_SEQUENCE, QUESTIONS, caption, count_answer, edges_answer, edges_question, generate, presence_answer, presence_question,
 )
 
-SIZES = {"64px": 64, "96-128px": (96, 128)}
-FAMILIES = ("count", "position", "letter", "choice", "box", "exists", "unanswerable")
+FAMILIES = CONTINUAL_SEQUENCE
 
 
 def _yes(text: str) -> bool:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model)
-    table = {f: {label: ceiling(lm, f, args.n, size, args.seed) for label, size in SIZES.items()}
+    table = {f: {label: ceiling(lm, f, args.n, size, args.seed) for label, size in EVAL_SIZES}
              for f in args.families.split(",")}
     lines = ["| family | base concept 64px | base concept 96-128px |", "|---|---|---|"]
     lines += [f"| {f} | {row['64px']} | {row['96-128px']} |" for f, row in table.items()]
