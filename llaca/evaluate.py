@@ -24,8 +24,8 @@ from .dataset import VQASample
 from .encoding import messages_for
 
 _PUNCT = str.maketrans("", "", string.punctuation)
-_BOX = re.compile(r"^\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*$")
 _NUM = r"-?\d+(?:\.\d+)?"
+_BOX = re.compile(rf"^\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]\s*$")
 _EDGES = re.compile(rf"^\s*left ({_NUM}), top ({_NUM}), right ({_NUM}), bottom ({_NUM})\s*$")
 _CAPTION_OBJECT = re.compile(r"(?:an? (\w+) (\w+)|the letter (\w)) at the (top|bottom) (left|right)")
 

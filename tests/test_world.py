@@ -139,6 +139,9 @@ def test_scoring():
     assert is_correct("[0.10, 0.10, 0.50, 0.50]", "[0.12, 0.10, 0.50, 0.52]")
     assert not is_correct("[0.50, 0.50, 0.90, 0.90]", "[0.10, 0.10, 0.50, 0.50]")
     assert not is_correct("no box here", "[0.10, 0.10, 0.50, 0.50]")
+    # a malformed number a model can emit is scored wrong, not a crash of the whole evaluation
+    assert not is_correct("[0.0.55, 0.10, 0.50, 0.50]", "[0.10, 0.10, 0.50, 0.50]")
+    assert parse_box("[0.0.55, 0.1, 0.5, 0.5]") == (0.0, 55.0, 0.1, 0.5)
     assert iou((0, 0, 1, 1), (0.5, 0, 1.5, 1)) == pytest.approx(1 / 3)
 
 
