@@ -166,7 +166,18 @@ def test_build_forward_precision_is_bf16_autocast_or_plain_fp32():
         autocast_for("cpu", "fp16")
 
 
-def test_a_bad_precision_is_refused_before_any_training(tmp_path):
+def test_a_bad_precision_or_share_is_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         build(BuildConfig(mixed_precision="fp16"), tmp_path / "tiny", progress=False)
+    with pytest.raises(ValueError, match="named_color"):
+        build(BuildConfig(named_color=1.5), tmp_path / "tiny", progress=False)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_the_build_command_refuses_a_share_outside_0_1(tmp_path, capsys):
+    from llaca.world.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", "--named-color", "1.5", "--out", str(tmp_path / "tiny")])
+    assert exit_.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "tiny").exists()

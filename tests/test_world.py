@@ -166,6 +166,16 @@ def test_base_families_answer_what_is_drawn():
             assert a == f"No, there is no {target}."
         found[bool(hits)] += 1
     assert found[True] > 60 and found[False] > 60
+    told = collections.Counter()
+    for it in generate("named_color", 200, seed=15):
+        q, a = it.turns[0]
+        shape = re.fullmatch(r"What is the color of the (\w+)\?", q).group(1)
+        hits = [o for o in it.scene.objects if o.kind == "shape" and o.name == shape]
+        assert len(hits) <= 1
+        assert a == (f"The {shape} is {hits[0].color}." if hits else f"There is no {shape}.")
+        told[bool(hits)] += 1
+        told["among others"] += bool(hits) and len(it.scene.objects) > 1
+    assert told[True] > 100 and told[False] > 30 and told["among others"] > 80
     for it in generate("edges", 60, seed=13, size=128):
         q, a = it.turns[0]
         name = re.fullmatch(r"Where are the edges of the (.+)\?", q).group(1)
@@ -183,15 +193,18 @@ def test_base_training_never_uses_a_continual_instruction_format():
 
     continual_questions = {t[0] for fam in CONTINUAL_SEQUENCE for it in generate(fam, 40, seed=14) for t in it.turns}
     templates = [re.sub(r"\b(" + "|".join(COLOR_NAMES + SHAPES) + r")\b", "", q) for q in continual_questions]
-    rng = random.Random(0)
-    questions = collections.Counter()
-    for _ in range(300):
-        for q, a in base_conversation(rng, (48, 160)).turns:
-            questions[re.sub(r"\b(" + "|".join(COLOR_NAMES + SHAPES) + r"|letter [A-Z])\b", "", q)] += 1
-            assert q not in continual_questions
-            assert not re.fullmatch(r"\[.*\]|yes|no|unanswerable|[A-C1-5]", a)
-    assert not set(questions) & set(templates)
-    assert {"Describe the image.", QUESTIONS["objects"], QUESTIONS["color"]} <= set(questions)
+    for named_color in (0.0, 0.8):  # the committed recipe, and the candidate that also asks `named_color`
+        rng = random.Random(0)
+        questions = collections.Counter()
+        for _ in range(300):
+            for q, a in base_conversation(rng, (48, 160), named_color).turns:
+                questions[re.sub(r"\b(" + "|".join(COLOR_NAMES + SHAPES) + r"|letter [A-Z])\b", "", q)] += 1
+                assert q not in continual_questions
+                assert not re.fullmatch(r"\[.*\]|yes|no|unanswerable|[A-C1-5]", a)
+        assert not set(questions) & set(templates)
+        assert {"Describe the image.", QUESTIONS["objects"], QUESTIONS["color"]} <= set(questions)
+        asked = questions["What is the color of the ?"]
+        assert (asked == 0) if named_color == 0 else (asked > 200), (named_color, asked)
 
 
 def test_caption_object_score_and_edges_scoring():

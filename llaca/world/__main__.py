@@ -25,6 +25,13 @@ def _size(text: str) -> int | tuple[int, int]:
     return int(text)
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llaca.world", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -44,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--mixed-precision", choices=("bf16", "no"), default="no",
                    help="no: plain fp32, as the committed model was built (default); "
                         "bf16: forward passes under bf16 autocast with fp32 weights, about 1.4x faster on a CPU with bf16")
+    b.add_argument("--vision-hidden", type=int, default=None, help="vision tower width (default: TinyArch's, 128)")
+    b.add_argument("--vision-heads", type=int, default=None, help="vision tower attention heads (default: TinyArch's, 4)")
+    b.add_argument("--named-color", type=_share, default=0.0,
+                   help="share of training images also asked the colour of a shape named alone (default 0, the committed model)")
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")
     ev.add_argument("--model", default=DEFAULT_MODEL)
     ev.add_argument("--family", required=True, choices=sorted(FAMILIES))
@@ -72,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "build":
         from .build import BuildConfig, build
 
-        cfg = BuildConfig(seed=args.seed, threads=args.threads, device=args.device, mixed_precision=args.mixed_precision)
+        cfg = BuildConfig(seed=args.seed, threads=args.threads, device=args.device, mixed_precision=args.mixed_precision,
+                          named_color=args.named_color)
+        if args.vision_hidden is not None:
+            cfg.arch.vision_hidden = args.vision_hidden
+        if args.vision_heads is not None:
+            cfg.arch.vision_heads = args.vision_heads
         if args.steps is not None:
             cfg.steps = args.steps
         if args.vision_steps is not None:

@@ -2,9 +2,11 @@
 
 Families have distinct instruction formats, like the datasets of the CoIN benchmark. The
 base model is taught the base families (`BASE_TRAINING`): `color`, `shape`, `describe`,
-`objects` (how many), `presence` (whether a named object is there, and where) and `edges`
-(an object's extent). Between them they carry every concept the continual tasks ask about
-(number, letters, quadrants, boxes, presence) in other words than the continual formats, the
+`objects` (how many), `presence` (whether a named object is there, and where) and `edges` (an
+object's extent); `named_color` (the colour of a shape named alone among several, or that there
+is none) is there for build recipes that teach it (`BuildConfig.named_color`). Between them they
+carry every concept the continual tasks ask about (number, letters, quadrants, boxes, presence,
+which colour goes with which shape) in other words than the continual formats, the
 way LLaVA-1.5 knows what CoIN's tasks ask before it learns their instruction formats.
 Everything is deterministic given the seed: sample `i` of `generate(family, n, seed)` is
 the same whatever `n` is.
@@ -260,6 +262,31 @@ def presence_answer(scene: Scene, target: str) -> str:
     return f"Yes, there is a {object_name(o)} at the {o.quadrant(scene.width, scene.height)}."
 
 
+def named_color_question(shape: str) -> str:
+    return f"What is the color of the {shape}?"
+
+
+def named_color_answer(scene: Scene, shape: str) -> str:
+    """'The star is red.', or 'There is no star.'; the scene holds at most one `shape`."""
+    hits = [o for o in scene.objects if o.kind == "shape" and o.name == shape]
+    if not hits:
+        return f"There is no {shape}."
+    if len(hits) > 1:
+        raise ValueError(f"{shape!r} names {len(hits)} objects; a named-colour question names one")
+    return f"The {shape} is {hits[0].color}."
+
+
+def named_color_target(rng: random.Random, scene: Scene) -> str | None:
+    """A shape the scene holds exactly once (three times in four), or one it does not hold;
+    None when every shape is there more than once."""
+    counts = collections.Counter(o.name for o in scene.objects if o.kind == "shape")
+    unique = [s for s in SHAPES if counts[s] == 1]
+    absent = [s for s in SHAPES if counts[s] == 0]
+    if unique and (not absent or rng.random() < 0.75):
+        return rng.choice(unique)
+    return rng.choice(absent) if absent else None
+
+
 def edges_question(obj: SceneObject) -> str:
     return f"Where are the edges of the {object_name(obj)}?"
 
@@ -325,6 +352,14 @@ def _presence(rng, size):
     return scene, [(presence_question(target), presence_answer(scene, target))]
 
 
+def _named_color(rng, size):
+    scene = _scatter_shapes(rng, size, rng.randint(1, 4), letter_frac=0.2)
+    target = named_color_target(rng, scene)
+    if target is None:
+        raise SceneDoesNotFit
+    return scene, [(named_color_question(target), named_color_answer(scene, target))]
+
+
 def _edges(rng, size):
     scene = base_scene(rng, size)
     if not unique_objects(scene):
@@ -346,6 +381,7 @@ FAMILIES: dict[str, Callable[[random.Random, int], tuple[Scene, list[tuple[str, 
     "describe": _describe,
     "objects": _objects,
     "presence": _presence,
+    "named_color": _named_color,
     "edges": _edges,
 }
 
