@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -25,7 +26,8 @@ def test_each_probe_has_the_continual_answer_as_its_truth(family):
         elif family == "unanswerable":
             assert yes == [answer != "unanswerable"]
         elif family == "choice":
-            assert len(qas) == 3 and yes.count(True) == 1 and "ABC"[yes.index(True)] == answer
+            options = dict(re.findall(r"^([ABC])\. (\w+)$", item.turns[0][0], flags=re.M))
+            assert len(qas) == 1 and qas[0][1].startswith(f"Yes, there is a {options[answer]} ")
         elif family == "count":
             assert qas[0][1].split()[2] == answer  # "There are 3 objects."
         elif family in ("position", "letter"):
@@ -39,3 +41,8 @@ def test_a_right_yes_or_no_is_scored_right_and_a_wrong_one_wrong():
     assert not cc.right("exists", "No, there is no red star.", "Yes, there is a red star at the top left.")
     assert cc.right("count", "There are 3 objects.", "There are 3 objects.")
     assert not cc.right("count", "There are 4 objects.", "There are 3 objects.")
+    # choice: the asked shape's colour, wherever the answer puts it
+    ref = "Yes, there is a red star at the top left."
+    assert cc.right("choice", "Yes, there is a red star at the bottom right.", ref)
+    assert not cc.right("choice", "Yes, there is a blue star at the top left.", ref)
+    assert not cc.right("choice", "No, there is no star.", ref)
