@@ -174,6 +174,15 @@ def test_a_bad_precision_or_share_is_refused_before_any_training(tmp_path):
     assert not (tmp_path / "tiny").exists()
 
 
+def test_named_color_is_evaluated_only_when_the_recipe_teaches_it():
+    from llaca.world.build import eval_sets_for
+
+    assert eval_sets_for(BuildConfig()) == BuildConfig().eval_sets
+    taught = eval_sets_for(BuildConfig(named_color=0.4))
+    assert taught[:len(BuildConfig().eval_sets)] == BuildConfig().eval_sets
+    assert taught[len(BuildConfig().eval_sets):] == (("named_color", 64), ("named_color", (48, 160)))
+
+
 def test_the_build_command_refuses_a_share_outside_0_1(tmp_path, capsys):
     from llaca.world.__main__ import main
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from .families import CONTINUAL_SEQUENCE, FAMILIES
+from .tiny import TinyArch
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--mixed-precision", choices=("bf16", "no"), default="no",
                    help="no: plain fp32, as the committed model was built (default); "
                         "bf16: forward passes under bf16 autocast with fp32 weights, about 1.4x faster on a CPU with bf16")
-    b.add_argument("--vision-hidden", type=int, default=None, help="vision tower width (default: TinyArch's, 128)")
-    b.add_argument("--vision-heads", type=int, default=None, help="vision tower attention heads (default: TinyArch's, 4)")
+    b.add_argument("--vision-hidden", type=int, default=None, help=f"vision tower width (default {TinyArch.vision_hidden})")
+    b.add_argument("--vision-heads", type=int, default=None, help=f"vision tower attention heads (default {TinyArch.vision_heads})")
     b.add_argument("--named-color", type=_share, default=0.0,
                    help="share of training images also asked the colour of a shape named alone (default 0, the committed model)")
     ev = sub.add_parser("evaluate", help="accuracy of a model on fresh held-out samples of a family")

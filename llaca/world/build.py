@@ -52,9 +52,9 @@ class BuildConfig:
     canvas: tuple[int, int] = (48, 160)
     eval_n: int = 100
     eval_sets: tuple[tuple[str, int | tuple[int, int]], ...] = (
-        ("color", 64), ("shape", 64), ("describe", 64), ("objects", 64), ("presence", 64), ("named_color", 64),
-        ("edges", 64), ("color", (48, 160)), ("shape", (48, 160)), ("describe", (48, 160)), ("named_color", (48, 160)),
-    )
+        ("color", 64), ("shape", 64), ("describe", 64), ("objects", 64), ("presence", 64), ("edges", 64),
+        ("color", (48, 160)), ("shape", (48, 160)), ("describe", (48, 160)),
+    )  # plus `named_color` at 64 and 48-160 px when the recipe teaches it (`eval_sets_for`)
     threads: int | None = None
     device: str = "cpu"
     # "no": plain fp32, as the committed model was built; "bf16": forward passes under bf16 autocast
@@ -100,6 +100,13 @@ def base_conversation(rng: random.Random, canvas: tuple[int, int], named_color: 
         turns += [(QUESTIONS["color"], objs[0].color), (QUESTIONS["shape"], objs[0].name)]
     rng.shuffle(turns)
     return VQASample("train", render(scene), turns, "base")
+
+
+def eval_sets_for(cfg: BuildConfig) -> tuple[tuple[str, int | tuple[int, int]], ...]:
+    """The configured evaluation sets, and `named_color` too when the recipe teaches it (a model
+    never asked it would only score 0 there)."""
+    extra = (("named_color", 64), ("named_color", cfg.canvas)) if cfg.named_color else ()
+    return tuple(cfg.eval_sets) + tuple(e for e in extra if e not in cfg.eval_sets)
 
 
 def heldout_accuracy(model, processor, eval_sets, n: int) -> dict[str, float]:
@@ -153,7 +160,7 @@ def build(cfg: BuildConfig, out: Path | None = None, progress: bool = True) -> d
                 precision)
     model.eval()
     model.requires_grad_(True)
-    accuracy = heldout_accuracy(model, processor, cfg.eval_sets, cfg.eval_n)
+    accuracy = heldout_accuracy(model, processor, eval_sets_for(cfg), cfg.eval_n)
     record = {
         "config": {**asdict(cfg), "arch": cfg.arch.to_dict()},
         "parameters": n_params,
