@@ -12,12 +12,16 @@ endpoints. One ``gradio_client.Client`` is one Gradio session, which is one stor
         (greedy, deterministic) here, unlike the chat UI's 0.2.
     /rate(message_id, rating)            rating: "like" | "dislike" -> confirmation text
     /correct(message_id, corrected_answer) -> (buffer_id, buffer_size, buffer_status)
-    /teach()                             -> {"buffer_id", "size", "status"} (marks the buffer ready)
+    /teach()                             -> {"buffer_id", "size", "status", "message"} (marks the buffer
+                                            ready; with nothing to queue: buffer_id None, status
+                                            "nothing to queue", and why)
     /status()                            -> {"adapter_version", "current_adapter", "current_metrics" (the
                                             current version's metrics record, ``llaca.adapter_metrics``, with
                                             its average accuracy and forgetting; None for the base model),
                                             "learning" (the status line's words), "worker" (live workers),
-                                            "workers_not_responding", "workers_stopped", "buffers", ...}
+                                            "workers_not_responding", "workers_stopped", "buffers" (each
+                                            correction with its "group" and "status"/"status_text": queued,
+                                            training, learned in vN, held out, or pending and why), ...}
         Status words (buffers, workers) are those of ``feedback_store.status``.
     /stop()                              -> number of generations stopped in this session
 
@@ -33,8 +37,9 @@ from typing import Any
 
 import gradio as gr
 
+from feedback_store import NothingToTeachError, correction_status
 from llaca.liveness import classify
-from llaca.serving import BASE
+from llaca.serving import BASE, ServedBy
 
 from .chat import params_from, session_key, client_description
 from .errors import UserError, user_message
@@ -101,27 +106,27 @@ class ApiHandlers:
             conv.image, conv.turns = msg.image_sha256, []
         conv.last_id = msg.id
         turns = list(conv.turns) + [(question, None)]
-        text, version = "", self.s.assistant.version
+        text, served = "", ServedBy(self.s.assistant.version)
         try:
             image_pil = self.s.images.get(conv.image)
             with self.s.generation(session_key(request, state)) as stop:
                 stream = self.s.assistant.stream(turns, image_pil, params, stop)
-                for text, version in paced(item for item in stream if item[0].strip()):
-                    yield text, "", version
+                for text, served in paced(item for item in stream if item[0].strip()):
+                    yield text, "", served.version
                 stopped = stop.requested
         except Exception as e:
             raise _fail(e, "answering") from e
         text = text.strip()
         try:
             answer = self.s.store.record_answer(
-                session, msg.id, text, adapter_version=None if version == BASE else version,
-                gen_params={**params.to_dict(), "stopped": stopped, "via": "api"},
+                session, msg.id, text, adapter_version=None if served.version == BASE else served.version,
+                gen_params={**params.to_dict(), "stopped": stopped, "via": "api"}, adapter_group=served.group,
             )
         except Exception as e:
             raise _fail(e, "saving the answer") from e
         conv.turns.append((question, text))
         conv.last_id = answer.id
-        yield text, answer.id, version
+        yield text, answer.id, served.version
 
     def rate(self, message_id, rating, state: SessionState) -> str:
         """Thumbs up/down on an answer of this session."""
@@ -150,14 +155,20 @@ class ApiHandlers:
         return result.buffer_id, result.size, result.status
 
     def teach(self, state: SessionState) -> dict:
-        """Mark this session's open buffer ready for the learning worker."""
+        """Mark this session's open buffer ready for the learning worker. With nothing left
+        to queue (no correction yet, or all already queued) it says so: that is a status,
+        not an error."""
+        nothing = {"buffer_id": None, "size": 0, "status": "nothing to queue"}
+        if state.session_id is None:
+            return {**nothing, "message": "There is nothing to teach yet: correct an answer first."}
         try:
-            if state.session_id is None:
-                raise UserError("There is nothing to teach yet: correct an answer first.")
             b = self.s.store.mark_ready(state.session_id)
+        except NothingToTeachError:
+            return {**nothing, "message": "Every correction of this session is already queued or learned; "
+                                          "/status shows what became of each."}
         except Exception as e:
             raise _fail(e, "marking the buffer ready") from e
-        return {"buffer_id": b.id, "size": b.size, "status": b.status}
+        return {"buffer_id": b.id, "size": b.size, "status": b.status, "message": f"buffer {b.id} is queued"}
 
     def status(self, state: SessionState) -> dict:
         """Served adapter version, learning worker state, and this session's buffers."""
@@ -181,7 +192,8 @@ class ApiHandlers:
                 {"id": b.id, "status": b.status, "size": b.size, "adapter_version": b.adapter_version,
                  "reason": b.reason,
                  "items": [{"message_id": i.message_id, "question": i.question, "answer": i.answer,
-                            "image_sha256": i.image_sha256} for i in b.items]}
+                            "image_sha256": i.image_sha256, "group": i.group_id,
+                            **dict(zip(("status", "status_text"), correction_status(i, b)))} for i in b.items]}
                 for b in buffers
             ],
         }

@@ -17,7 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from llaca.model import GenerationParams
-from llaca.serving import BASE
+from llaca.serving import BASE, ServedBy
 
 from .errors import UserError, user_message
 from .history import (
@@ -134,11 +134,11 @@ class ChatHandlers:
         meta = MessageMeta(id=None, role="assistant")
         state.messages.append(meta)
         yield list(messages)
-        text, version, stopped = "", self.s.assistant.version, False
+        text, served, stopped = "", ServedBy(self.s.assistant.version), False
         try:
             with self.s.generation(key) as stop:
                 stream = self.s.assistant.stream(pairs, image, params, stop)
-                for text, version in paced(item for item in stream if item[0].strip()):
+                for text, served in paced(item for item in stream if item[0].strip()):
                     if state.epoch != epoch:  # Undo/Clear took this turn away: stop, keep it in the store
                         stop.set()
                         continue
@@ -153,13 +153,14 @@ class ChatHandlers:
                 yield list(messages)
             return
         text = text.strip()
+        version = served.version
         meta.version, meta.stopped = version, stopped
         if question_id is not None:
             try:
                 answer = self.s.store.record_answer(
                     state.session_id, question_id, text,
                     adapter_version=None if version == BASE else version,
-                    gen_params={**params.to_dict(), "stopped": stopped},
+                    gen_params={**params.to_dict(), "stopped": stopped}, adapter_group=served.group,
                 )
                 meta.id = answer.id
             except Exception as e:

@@ -24,7 +24,9 @@ import gradio as gr
 from matplotlib.figure import Figure
 from PIL import Image
 
-from feedback_store import AdapterStatus, AdapterVersion, BufferStatus, TaskBuffer, WorkerActivity, WorkerState, plural
+from feedback_store import (
+    AdapterStatus, AdapterVersion, BufferStatus, TaskBuffer, WorkerActivity, WorkerState, correction_status, plural,
+)
 from llaca.adapter_metrics import AdapterMetrics
 from llaca.liveness import classify
 from llaca.plots import matrix_heatmap
@@ -180,13 +182,15 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
         for item in list(reversed(b.items))[:shown]:
             src = thumbs.get(item.image_sha256)
             img = f"<img src='{src}' alt='image' width='40' height='40'>" if src else ""
-            rows.append(f"<tr><td>{img}</td><td>{_e(item.question)}</td><td><b>{_e(item.answer)}</b></td></tr>")
+            state, words = correction_status(item, b)
+            rows.append(f"<tr><td>{img}</td><td>{_e(item.question)}</td><td><b>{_e(item.answer)}</b></td>"
+                        f"<td class='llaca-item-{_e(state.replace(' ', '-'))}'>{_e(words)}</td></tr>")
         more = f"<div class='llaca-more'>… and {b.size - shown} more</div>" if b.size > shown else ""
         out.append(
             f"<div class='llaca-buffer' data-status='{_e(b.status)}'>"
             f"<div class='llaca-buffer-head'><b>Buffer #{b.id}</b> · {plural(b.size, 'correction')} "
             f"<span class='llaca-badge llaca-{_e(cls)}'>{_e(words)}</span></div>{bar}"
-            f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th></tr>{''.join(rows)}</table>{more}</div>"
+            f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th><th>what became of it</th></tr>{''.join(rows)}</table>{more}</div>"
         )
     out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold))}</div>")
     return "".join(out)

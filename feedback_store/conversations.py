@@ -73,17 +73,21 @@ class Conversations(StoreBase):
 
     def record_answer(
         self, session_id: str, parent_id: str, text: str | bytes, adapter_version: str | None = None,
-        gen_params: Mapping[str, Any] | None = None,
+        gen_params: Mapping[str, Any] | None = None, adapter_group: str | None = None,
     ) -> Message:
         """Record the assistant's answer to user message ``parent_id``.
 
-        ``adapter_version`` is the version that produced it (None = base model). An
+        ``adapter_version`` is the version that produced it (None = base model) and
+        ``adapter_group`` the instruction group whose adapter answered (routed versions). An
         empty answer (generation stopped at once) is recorded as such.
         """
         answer = clean_text(
             text, what="answer", max_chars=self.max_answer_chars, error=InvalidAnswerError, allow_empty=True
         )
         params = to_json(gen_params, what="generation parameters")
+        if adapter_group is not None and not (isinstance(adapter_group, str) and 0 < len(adapter_group) <= 200):
+            raise InvalidInputError("adapter_group must be a group id (a short string) or None",
+                                    field="adapter_group", value=adapter_group)
         with self._conns.write() as db:
             require_session(db, session_id)
             if require_message(db, session_id, parent_id).role != "user":
@@ -95,7 +99,7 @@ class Conversations(StoreBase):
             row = {
                 "id": str(uuid.uuid4()), "session_id": session_id, "parent_id": parent_id, "role": "assistant",
                 "text": answer, "image_sha256": None, "adapter_version": adapter_version, "gen_params": params,
-                "created_at": self._now(),
+                "adapter_group": adapter_group, "created_at": self._now(),
             }
             db["messages"].insert(row)
         return from_row(Message, row)

@@ -69,6 +69,7 @@ class Message:
     adapter_version: str | None
     gen_params: dict[str, Any]
     created_at: float
+    adapter_group: str | None = None  # the instruction group whose adapter answered (routed versions)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class BufferItem:
     split: Split
     created_at: float
     updated_at: float
+    group_id: str | None = None  # the instruction group the worker assigned it to (routed learning)
+    learned_in: str | None = None  # the promoted version that learned it
+    pending_reason: str | None = None  # why it is not learned yet, once a run has tried
 
 
 @dataclass(frozen=True)

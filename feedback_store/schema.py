@@ -23,7 +23,7 @@ from .errors import SchemaVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE sessions (
@@ -63,6 +63,7 @@ CREATE TABLE messages (
     text TEXT NOT NULL,
     image_sha256 TEXT REFERENCES images(sha256),
     adapter_version TEXT REFERENCES adapter_versions(version),
+    adapter_group TEXT,
     gen_params TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL
 );
@@ -105,11 +106,15 @@ CREATE TABLE buffer_items (
     question TEXT NOT NULL,
     answer TEXT NOT NULL,
     split TEXT NOT NULL DEFAULT 'train' CHECK (split IN ('train', 'heldout')),
+    group_id TEXT,
+    learned_in TEXT REFERENCES adapter_versions(version),
+    pending_reason TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX idx_buffer_items_buffer ON buffer_items(buffer_id);
 CREATE INDEX idx_buffer_items_message ON buffer_items(message_id);
+CREATE INDEX idx_buffer_items_group ON buffer_items(group_id);
 CREATE TABLE worker_status (
     worker_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,

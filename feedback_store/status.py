@@ -12,8 +12,16 @@ Task buffers (``task_buffers.status``)::
     training --guard refused--> rejected     (with the reason; the served version stays)
     training, lease expired --> ready, or rejected after too many attempts
 
-A correction (a buffer item) has no status of its own: it is where its buffer is. It is
-held out (``Split.HELDOUT``) to test the candidate, or trained on (``Split.TRAIN``).
+A correction (a buffer item) is held out (``Split.HELDOUT``) to test the candidate, or
+trained on (``Split.TRAIN``). What became of it (``correction_status``, ``CorrectionState``)::
+
+    queued       its buffer is open or ready
+    training     its buffer is being learned
+    learned      a promoted version learned it (``learned_in``: trained on it, or, with
+                 instruction groups, held out and answered right)
+    held out     single-adapter methods: it tested the promoted version of its buffer
+    pending      not learned yet (``pending_reason`` or the buffer's rejection); with
+                 instruction groups it is trained again by its group's next run
 
 Adapter versions (``adapter_versions.status``)::
 
@@ -64,6 +72,32 @@ class WorkerActivity(StrEnum):
     REJECTED = "rejected"
     ERROR = "error"
     STOPPED = "stopped"
+
+
+class CorrectionState(StrEnum):
+    QUEUED = "queued"
+    TRAINING = "training"
+    LEARNED = "learned"
+    HELD_OUT = "held out"
+    PENDING = "pending"
+
+
+def correction_status(item, buffer) -> tuple[CorrectionState, str]:
+    """(state, words for the user) of one correction (``BufferItem``) of ``buffer``."""
+    if item.learned_in:
+        return CorrectionState.LEARNED, f"learned in {item.learned_in}"
+    if buffer.status in (BufferStatus.OPEN, BufferStatus.READY):
+        return CorrectionState.QUEUED, "queued for learning" if buffer.status == BufferStatus.READY else "queued"
+    if buffer.status == BufferStatus.TRAINING:
+        return CorrectionState.TRAINING, "being learned now"
+    if item.pending_reason:
+        return CorrectionState.PENDING, item.pending_reason
+    if buffer.status == BufferStatus.PROMOTED:
+        if item.split == Split.HELDOUT:
+            return CorrectionState.HELD_OUT, f"held out to test {buffer.adapter_version}"
+        return CorrectionState.LEARNED, f"learned in {buffer.adapter_version}"
+    reason = (buffer.reason or "no reason given").removeprefix("rejected: ")
+    return CorrectionState.PENDING, f"not learned: its buffer was rejected ({reason})"
 
 
 BUFFER_OUTCOMES: tuple[BufferStatus, ...] = (BufferStatus.PROMOTED, BufferStatus.REJECTED)

@@ -1,6 +1,7 @@
 """Adapter folders on disk: atomic publication and safe discovery.
 
-A version is written to `adapters/vN.tmp/`, every file fsynced, then renamed to
+A version (one peft adapter, or a routed system: `llaca.routed_system`) is written to
+`adapters/vN.tmp/`, every file fsynced, then renamed to
 `adapters/vN/` and the parent directory fsynced. A reader therefore never sees a
 half-written `vN/`; leftovers of a crash are `*.tmp` folders, which are never loaded and
 are swept on the worker's start.
@@ -30,14 +31,20 @@ def staging_dir(adapters_dir: Path, version: str) -> Path:
 def publish(staging: Path, adapters_dir: Path, version: str) -> Path:
     """fsync the staged files, rename `vN.tmp` -> `vN`, fsync the parent. Returns the final path."""
     staging = Path(staging)
-    missing = [f for f in REQUIRED if not (staging / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"adapter {version} is incomplete, missing {missing} in {staging}")
-    for f in staging.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(staging)
+    from .routed_system import RoutedSystem, is_routed_system
+
+    if is_routed_system(staging):
+        RoutedSystem.load(staging)  # complete: every group's adapter files are there
+    else:
+        missing = [f for f in REQUIRED if not (staging / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"adapter {version} is incomplete, missing {missing} in {staging}")
+    for folder in [staging, *(d for d in staging.iterdir() if d.is_dir())]:
+        for f in folder.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(folder)
     final = Path(adapters_dir) / version
     if final.exists():
         raise FileExistsError(f"adapter folder {final} already exists; versions are never overwritten")

@@ -16,7 +16,9 @@ Fields (schema version 1):
 - ``row_labels``: the version of each row ("base" for the base model), the candidate's name last;
 - ``guard``: the guard's report (``llaca.guard.GuardReport``): verdict, reason, both rows;
 - ``seconds``: wall time of training plus evaluation;
-- ``tune``: the training run's summary (method, steps, samples, losses, EMA statistics...).
+- ``tune``: the training run's summary (method, steps, samples, losses, EMA statistics...);
+- ``group`` (routed versions only, may be absent): the instruction group this version retrained;
+  its columns are then "group gN" (each group's held-out items pooled over its buffers).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .metrics import extend_online, online_forgetting, row_average
 
 METRICS_SCHEMA_VERSION = 1
 TUNE_KEYS = ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool",
-             "num_processes", "global_batch")
+             "num_processes", "global_batch", "items")
 
 
 class MetricsRecordError(ValueError):
@@ -47,20 +49,22 @@ class AdapterMetrics:
     seconds: float
     tune: dict[str, Any] = field(default_factory=dict)
     schema_version: int = METRICS_SCHEMA_VERSION
+    group: str | None = None  # routed versions: the instruction group this version retrained
 
     @classmethod
     def for_candidate(cls, name: str, served, buffer, guard: GuardReport, probe_names: list[str],
-                      run_record: Mapping[str, Any], seconds: float) -> "AdapterMetrics":
+                      run_record: Mapping[str, Any], seconds: float, group: str | None = None) -> "AdapterMetrics":
         """The record of candidate ``name`` trained on ``buffer`` from the ``served`` version
         (an ``AdapterVersion``, or None for the base model): its row is added to the served
         version's matrix (a first matrix starts with the served version's row)."""
         prev = cls.from_dict(served.metrics) if served is not None and served.metrics else None
         tasks, matrix, labels = extend_online(
             prev.tasks if prev else probe_names, prev.matrix if prev else [], prev.row_labels if prev else [],
-            f"buffer {buffer.id}", (served.version if served else "base", guard.current), (name, guard.candidate),
+            f"group {group}" if group else f"buffer {buffer.id}", (served.version if served else "base", guard.current),
+            (name, guard.candidate),
         )
         return cls(buffer.id, buffer.session_id, tasks, matrix, labels, guard, round(seconds, 1),
-                   {k: run_record.get(k) for k in TUNE_KEYS})
+                   {k: run_record.get(k) for k in TUNE_KEYS}, group=group)
 
     @property
     def average_accuracy(self) -> float | None:
@@ -93,7 +97,7 @@ class AdapterMetrics:
                 f"adapter metrics have schema version {version}, newer than this code reads "
                 f"({METRICS_SCHEMA_VERSION}); upgrade LLaCA Studio to read them")
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(data) - {"tune"})
+        missing = sorted(names - set(data) - {"tune", "group"})
         if missing:
             raise MetricsRecordError(f"adapter metrics lack {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in names}

@@ -51,6 +51,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def worker_methods() -> tuple[str, ...]:
+    """What the learning worker can train with: the tuner's methods, and instruction groups."""
+    from .tuner import METHODS
+
+    return (*METHODS, "llaca+groups")
+
+
 class SettingsError(ValueError):
     """A flag or LLACA_* variable has an unusable value; the message names it."""
 
@@ -89,10 +96,9 @@ class Settings:
             raise SettingsError(f"threads must be at least 1, got {self.threads}")
         if not self.poll_seconds > 0:
             raise SettingsError(f"poll-seconds must be positive, got {self.poll_seconds}")
-        from .tuner import METHODS
-
-        if self.learn_method not in METHODS:
-            raise SettingsError(f"learn-method must be one of {', '.join(METHODS)}, got {self.learn_method!r}")
+        methods = worker_methods()
+        if self.learn_method not in methods:
+            raise SettingsError(f"learn-method must be one of {', '.join(methods)}, got {self.learn_method!r}")
         if self.learn_steps < 1:
             raise SettingsError(f"learn-steps must be at least 1, got {self.learn_steps}")
         if self.guard_margin < 0 or self.idle_ready < 0:
@@ -198,8 +204,9 @@ FLAGS: dict[str, dict] = {
     "max_queue": dict(type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)"),
     "threads": dict(type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)"),
     "poll_seconds": dict(type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)"),
-    "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay "
-                              "(default llaca; LLACA_LEARN_METHOD)"),
+    "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay, or "
+                              "llaca+groups (one adapter per instruction group, questions routed; default llaca; "
+                              "LLACA_LEARN_METHOD)"),
     "learn_steps": dict(type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)"),
     "guard_margin": dict(type=float, help="points an earlier task or a base probe may lose before a candidate is "
                                           "rejected (default 5; LLACA_GUARD_MARGIN)"),

@@ -8,7 +8,12 @@ queue behind it, so promotions are never starved by a busy chat.
 Which version should be served is not decided here: the app passes a `current_version`
 callable (backed by the feedback store) and the assistant polls it between generations.
 Adapters are loaded with peft (`load_adapter` + `set_adapter`, the old one deleted); the
-base model is served with the adapter layers disabled.
+base model is served with the adapter layers disabled. A routed version
+(`llaca.routed_system`: one adapter per instruction group and the codebook) keeps every
+group's adapter loaded as a named peft adapter; each question is routed to its group's
+adapter, or to the base model, and `AdapterGate` (`llaca.locks`) makes generations that
+need different adapters take turns, so concurrent chats on different groups never see each
+other's adapter.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from PIL import Image
 
+from .locks import AdapterGate, SwapLock
 from .model import GenerationParams, LoadedModel, stream_answer
+from .routed_system import RoutedSystem, is_routed_system
 
 log = logging.getLogger(__name__)
 
@@ -35,51 +41,18 @@ class AdapterLoadError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ServedBy:
+    """Who answered: the served version ("base" or "vN") and, when that version is a routed
+    system, the instruction group whose adapter answered (None: the base model did)."""
+
+    version: str
+    group: str | None = None
+
+
+@dataclass(frozen=True)
 class ServedVersion:
     version: str  # "base" or "vN"
     path: Path | None
-
-
-class SwapLock:
-    """A readers-writer lock with writer preference (generations read, swaps write)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def shared(self):
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self):
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-    @property
-    def readers(self) -> int:
-        return self._readers
 
 
 class Assistant:
@@ -99,6 +72,8 @@ class Assistant:
         self._poll_seconds = poll_seconds
         self._last_poll = 0.0
         self._lock = SwapLock()
+        self._gate = AdapterGate()
+        self._system: RoutedSystem | None = None
         self._served = ServedVersion(BASE, None)
         self.swaps = 0
         self.refresh(force=True)
@@ -140,36 +115,70 @@ class Assistant:
     def _swap_locked(self, target: ServedVersion) -> None:
         if target.version == self._served.version:
             return
-        model = self.lm.model
         if target.version == BASE or target.path is None:
+            self._load_named({})
+            self._system = None
+        else:
+            path = Path(target.path)
+            try:
+                if is_routed_system(path):
+                    system = RoutedSystem.load(path)
+                    self._load_named({system.adapter_name(g): p for g, p in system.adapters.items()})
+                    self._system = system
+                else:
+                    if not (path / "adapter_config.json").exists():
+                        raise AdapterLoadError(f"adapter {target.version} at {path} is missing adapter_config.json")
+                    self._load_named({target.version: path})
+                    self._system = None
+            except AdapterLoadError:
+                raise
+            except Exception as e:  # SystemFormatError, peft or safetensors errors
+                raise AdapterLoadError(f"could not load adapter {target.version} from {path}: {e}") from e
+        self._gate.reset()
+        self._served = target if target.path is not None else ServedVersion(BASE, None)
+        self.swaps += 1
+
+    def _load_named(self, wanted: dict[str, Path]) -> None:
+        """Make exactly the adapters `wanted` ({peft name: folder}) loaded; none: the base model.
+        An adapter already loaded under its name (a routed group unchanged since the last
+        version) is kept, not read again."""
+        model = self.lm.model
+        if not wanted:
             if hasattr(model, "peft_config"):
                 model.base_model.disable_adapter_layers()
-            self._served = ServedVersion(BASE, None)
-            self.swaps += 1
             return
-        path = Path(target.path)
-        if not (path / "adapter_config.json").exists():
-            raise AdapterLoadError(f"adapter {target.version} at {path} is missing adapter_config.json")
-        try:
-            if not hasattr(model, "peft_config"):
-                from peft import PeftModel
+        if not hasattr(model, "peft_config"):
+            from peft import PeftModel
 
-                model = PeftModel.from_pretrained(self._base_model, path, adapter_name=target.version)
-                model.eval()
-                self.lm.model = model
-            else:
-                old = [n for n in model.peft_config if n != target.version]
-                if target.version not in model.peft_config:
-                    model.load_adapter(path, adapter_name=target.version)
-                model.base_model.enable_adapter_layers()
-                model.set_adapter(target.version)
-                for name in old:
-                    model.delete_adapter(name)
-            model.to(self.lm.device)
-        except Exception as e:
-            raise AdapterLoadError(f"could not load adapter {target.version} from {path}: {e}") from e
-        self._served = target
-        self.swaps += 1
+            name, path = next(iter(wanted.items()))
+            model = PeftModel.from_pretrained(self._base_model, path, adapter_name=name)
+            model.eval()
+            self.lm.model = model
+        for name, path in wanted.items():
+            if name not in model.peft_config:
+                model.load_adapter(path, adapter_name=name)
+        model.base_model.enable_adapter_layers()
+        model.set_adapter(next(iter(wanted)))
+        for name in [n for n in model.peft_config if n not in wanted]:
+            model.delete_adapter(name)
+        model.to(self.lm.device)
+
+    def _activate(self, mode: str) -> None:
+        """Make adapter `mode` the active one (BASE: adapters off). Called by the gate, idle."""
+        model = self.lm.model
+        if not hasattr(model, "peft_config"):
+            return
+        if mode == BASE:
+            model.base_model.disable_adapter_layers()
+        else:
+            model.base_model.enable_adapter_layers()
+            model.set_adapter(mode)
+
+    def served_by(self, question: str) -> ServedBy:
+        """Which version (and, for a routed version, which group) would answer `question` now."""
+        system = self._system
+        group = system.route(question) if system is not None else None
+        return ServedBy(self.version, group)
 
     def stream(
         self,
@@ -177,10 +186,16 @@ class Assistant:
         image: Image.Image,
         params: GenerationParams = GenerationParams(),
         stop: threading.Event | None = None,
-    ) -> Iterator[tuple[str, str]]:
-        """Yield (answer so far, version answering). The version is fixed for the whole answer."""
+    ) -> Iterator[tuple[str, ServedBy]]:
+        """Yield (answer so far, who answers). Who answers is fixed for the whole answer: the
+        served version, and for a routed version the group the last question routes to."""
         self.refresh()
         with self._lock.shared():
-            version = self.version
-            for text in stream_answer(self.lm, turns, image, params, stop, threads=self.threads):
-                yield text, version
+            served = self.served_by(turns[-1][0] if turns else "")
+            if self._system is not None:
+                mode = self._system.adapter_name(served.group) if served.group else BASE
+            else:
+                mode = served.version
+            with self._gate.use(mode, self._activate):
+                for text in stream_answer(self.lm, turns, image, params, stop, threads=self.threads):
+                    yield text, served

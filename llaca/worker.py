@@ -1,5 +1,8 @@
 """The learning loop: claim a ready buffer -> tune from the served adapter -> guard -> promote.
 
+With `--learn-method llaca+groups` a buffer is learned per instruction group instead, and
+each promoted version is a routed system (`llaca.group_learning`).
+
 Runs as a background thread inside the app (default) or as its own process:
 
     python -m llaca.worker --data-dir DIR [--model models/llava-tiny] [--device cuda]
@@ -45,6 +48,7 @@ from .adapter_metrics import AdapterMetrics
 from .config import Settings
 from .dataset import VQASample, read_folder
 from .evaluate import adapter_scores
+from .group_learning import GROUPS_METHOD, process_groups
 from .guard import EARLIER, NEW, PROBE, EvalSet, decide
 from .liveness import HEARTBEAT_SECONDS
 from .model import LoadedModel, load_model
@@ -310,6 +314,8 @@ class LearningWorker:
 
     def _process(self, buffer, lost: threading.Event) -> str:
         cfg, store, settings = self.cfg, self.store, self.settings
+        if settings.learn_method == GROUPS_METHOD:
+            return process_groups(self, buffer, lost)
         recovered = self._recover(buffer)
         if recovered:
             return recovered

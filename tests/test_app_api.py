@@ -108,8 +108,12 @@ def test_ask_rate_correct_and_find_it_in_the_store(server, images):
         store.close()
 
     teach = client.predict(api_name="/teach")
-    assert teach == {"buffer_id": buffer_id, "size": 1, "status": "ready"}
-    assert client.predict(api_name="/status")["buffers"][0]["status"] == "ready"
+    assert teach == {"buffer_id": buffer_id, "size": 1, "status": "ready", "message": f"buffer {buffer_id} is queued"}
+    again = client.predict(api_name="/teach")  # nothing left to queue: a status, not an error
+    assert again["buffer_id"] is None and again["status"] == "nothing to queue" and "already queued" in again["message"]
+    [buf] = client.predict(api_name="/status")["buffers"]
+    assert buf["status"] == "ready" and [(i["status"], i["status_text"]) for i in buf["items"]] == [
+        ("queued", "queued for learning")]
 
 
 def test_buffer_becomes_ready_at_the_threshold(server, images):

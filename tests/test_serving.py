@@ -87,7 +87,7 @@ def test_hot_swap_happens_between_generations(adapters):
 
     def slow_chat():
         for text, version in assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0, max_new_tokens=40)):
-            versions_in_flight.append(version)
+            versions_in_flight.append(version.version)
             started.set()
             proceed.wait(5)
 
@@ -107,12 +107,12 @@ def test_hot_swap_happens_between_generations(adapters):
     assert_serves(assistant.model, adapters / "v1", "v1")
 
     wanted["v"] = ServedVersion("v2", adapters / "v2")
-    _, version = next(assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0, max_new_tokens=2)))
-    assert version == "v2" and list(assistant.model.peft_config) == ["v2"]  # the old adapter was unloaded
+    _, served = next(assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0, max_new_tokens=2)))
+    assert served.version == "v2" and served.group is None and list(assistant.model.peft_config) == ["v2"]  # the old adapter was unloaded
     assert_serves(assistant.model, adapters / "v2", "v2")
 
     wanted["v"] = ServedVersion(BASE, None)  # rollback to the base model: exactly its answers again
-    again = "".join(t for t, v in assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0)) if v == BASE)[-200:]
+    again = "".join(t for t, v in assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0)) if v.version == BASE)[-200:]
     assert assistant.version == BASE and again == base_answer
 
 
@@ -124,5 +124,5 @@ def test_a_broken_adapter_is_refused_and_serving_goes_on(tmp_path):
     with pytest.raises(AdapterLoadError):
         assistant.swap_to(ServedVersion("v9", tmp_path / "v9"))
     s = heldout("color", 1, seed=2)[0]
-    text, version = list(assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0)))[-1]
-    assert version == BASE and text.strip() == s.answer
+    text, served = list(assistant.stream([(s.question, None)], s.image, GenerationParams(temperature=0.0)))[-1]
+    assert served.version == BASE and text.strip() == s.answer

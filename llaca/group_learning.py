@@ -1,0 +1,226 @@
+"""Online learning with instruction groups (`--learn-method llaca+groups`): one buffer, per group.
+
+The learning worker (`llaca.worker`) hands a claimed buffer here when its method is
+`llaca+groups`. Each correction is assigned to an instruction group by the worker's codebook
+(`adapters/codebook.json`, every group ever taught; a question like no group's starts a new
+one), and each group in the buffer gets its own run:
+
+1. **Train** the group's adapter: a group the served system already has continues from its
+   adapter with the dynamic EMA and replay of the group's earlier, learned corrections
+   (`llaca+replay`); a new group is trained fresh (`seq`), as the paper's ICML version does.
+   The run's training set is the buffer's new training items of the group plus every
+   *pending* item of the group: corrections of rejected runs, and held-out items the served
+   version still answered wrong. Nothing a user taught is dropped.
+2. **Guard** the routed system (`llaca.guard.decide_paired`): the candidate is the served
+   system with this group's adapter replaced; both answer, through their own routing, what
+   the run was taught, the group's held-out items pooled over all its buffers, every other
+   group's pooled held-out items and the base probes.
+3. **Publish** the candidate as a routed system folder (`llaca.routed_system`), register it
+   and promote or reject it; a rejected candidate takes no version number.
+4. **Record each correction's outcome** (`FeedbackStore.mark_learned` / `mark_pending`):
+   learned in vN (trained on, or held out and answered right by vN), or pending with the
+   reason, to be trained again by the group's next run.
+
+Crash safety: the group assignment is stored before training (a retry recomputes nothing);
+the candidate's metrics record its group and the ids of the items it learned, so a retry
+after a crash between publishing and promoting finishes that version instead of training
+again, and a crash before publishing leaves only an unpublished `.tmp` folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from feedback_store import AdapterStatus, BufferStatus, Split, WorkerActivity
+
+from .adapter_files import staging_dir
+from .adapter_metrics import AdapterMetrics
+from .evaluate import is_correct
+from .groups import InstructionCodebook
+from .guard import EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
+from .routed import RoutedModel
+from .routed_system import RoutedSystem, is_routed_system
+from .tuner import TuneConfig, library_versions
+
+log = logging.getLogger(__name__)
+
+GROUPS_METHOD = "llaca+groups"
+WORKER_CODEBOOK = "codebook.json"  # in adapters/: the worker's codebook of every group ever assigned
+MAX_TAUGHT_CHECK = 64  # training items the guard re-answers to check the fit
+
+
+def worker_codebook(adapters_dir: Path) -> InstructionCodebook:
+    path = Path(adapters_dir) / WORKER_CODEBOOK
+    return InstructionCodebook.load(path) if path.exists() else InstructionCodebook()
+
+
+def served_system(store) -> tuple[object | None, RoutedSystem]:
+    """The current version and the routed system it serves (empty for the base model, or for a
+    single adapter trained by another method: groups start from the base model)."""
+    current = store.current_adapter()
+    if current is not None and is_routed_system(current.path):
+        return current, RoutedSystem.load(current.path)
+    return current, RoutedSystem.empty()
+
+
+def routed_hits(lm, system: RoutedSystem, sets: list[list]) -> list[list[bool]]:
+    """Per sample of each set: does `system` (routing included) answer it right?"""
+    out = []
+    with RoutedModel(lm.model, {system.adapter_name(g): p for g, p in system.adapters.items()}) as routed:
+        for samples in sets:
+            routes = [system.route(s.question) for s in samples]
+            names = [system.adapter_name(r) if r else None for r in routes]
+            answers = routed.answer(lm.processor, samples, names) if samples else []
+            out.append([is_correct(a, s.answer) for a, s in zip(answers, samples)])
+    return out
+
+
+def assign_groups(worker, buffer, items) -> dict[int, str]:
+    """Each item's instruction group, stored before any training. A retry after a crash finds
+    the assignment stored, or recomputes the same one (the codebook was saved first)."""
+    if all(it.group_id for it in items):
+        return {it.id: it.group_id for it in items}
+    codebook = worker_codebook(worker.adapters_dir)
+    groups: dict[int, str] = {}
+    new_questions: dict[str, list[str]] = defaultdict(list)
+    for it in sorted(items, key=lambda i: i.id):
+        group = it.group_id or codebook.route(it.question)
+        if group is None:
+            group = codebook.add([it.question])  # a new group; later items like it route to it
+        else:
+            new_questions[group].append(it.question)
+        groups[it.id] = group
+    for group, questions in new_questions.items():
+        codebook.add(questions, group)
+    codebook.save(worker.adapters_dir / WORKER_CODEBOOK)
+    worker.store.set_item_groups(buffer.id, groups)
+    return groups
+
+
+def _recover(worker, buffer, group: str) -> tuple[str, str] | None:
+    """Finish a version a crashed attempt already published for (buffer, group)."""
+    store = worker.store
+    for a in store.list_adapters():
+        record = AdapterMetrics.from_dict(a.metrics) if a.metrics else None
+        if record is None or record.buffer != buffer.id or record.group != group or not Path(a.path).exists():
+            continue
+        if a.status == AdapterStatus.CANDIDATE:
+            a = store.promote_adapter(a.version) if record.guard.passed else store.reject_adapter(a.version, record.guard.reason)
+        _record_outcome(store, a.version, a.status != AdapterStatus.REJECTED, record.guard.reason, record.tune.get("items") or {})
+        log.info("buffer %s group %s: recovered %s (%s) from an interrupted run", buffer.id, group, a.version, a.status)
+        return (a.version, "promoted" if a.status != AdapterStatus.REJECTED else "rejected")
+    return None
+
+
+def _record_outcome(store, version: str, promoted: bool, reason: str, items: dict) -> None:
+    if promoted:
+        store.mark_learned(items.get("trained", []) + items.get("heldout_right", []), version)
+        store.mark_pending(items.get("heldout_wrong", []),
+                           f"held out to check {version}, which still answers it wrong; it is trained with this "
+                           "group's next corrections")
+    else:
+        store.mark_pending(items.get("trained", []) + items.get("heldout_right", []) + items.get("heldout_wrong", []),
+                           f"not learned yet: {version} was {reason}; it is trained again with this group's next "
+                           "corrections")
+
+
+def process_groups(worker, buffer, lost: threading.Event) -> str:
+    """Run every group of a claimed buffer (module docstring); returns the buffer's outcome."""
+    from .worker import LeaseLost
+
+    store = worker.store
+    train_items, held_items = worker._split(buffer)
+    items = train_items + held_items
+    if not items:
+        return worker._finish(buffer, BufferStatus.REJECTED, "no corrections with an image to learn from", None)
+    groups = assign_groups(worker, buffer, items)
+    outcomes: list[tuple[str, str, str]] = []  # (group, version, promoted|rejected)
+    for group in dict.fromkeys(groups[it.id] for it in sorted(items, key=lambda i: i.id)):
+        if lost.is_set():
+            raise LeaseLost(f"lost the lease on buffer {buffer.id}")
+        done = _recover(worker, buffer, group) or _run_group(worker, buffer, group, lost)
+        outcomes.append((group, *done))
+    promoted = [v for _, v, o in outcomes if o == "promoted"]
+    reason = "; ".join(f"group {g}: {v} {o}" for g, v, o in outcomes)
+    if promoted:
+        return worker._finish(buffer, BufferStatus.PROMOTED, reason, promoted[-1])
+    return worker._finish(buffer, BufferStatus.REJECTED, reason, outcomes[-1][1] if outcomes else None)
+
+
+def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, str]:
+    from .worker import LeaseLost
+
+    cfg, store, settings = worker.cfg, worker.store, worker.settings
+    t0 = time.perf_counter()
+    rows = [(it, st) for it, st in store.group_items(group) if it.image_sha256]
+    mine = [it for it, _ in rows if it.buffer_id == buffer.id]
+    earlier = [it for it, st in rows if it.buffer_id != buffer.id and st in (BufferStatus.PROMOTED, BufferStatus.REJECTED)]
+    pending = [it for it in earlier if it.learned_in is None]
+    if pending_held := [it.id for it in pending if it.split == Split.HELDOUT]:
+        store.train_on(pending_held)  # trained now, so no longer held out
+    train = [it for it in mine if it.split == Split.TRAIN] + pending
+    held = [it for it in mine if it.split == Split.HELDOUT]
+    pooled_held = [it for it in earlier if it.split == Split.HELDOUT and it.learned_in is not None] + held
+    learned = [it for it in earlier if it.learned_in is not None and it.split == Split.TRAIN]
+    current, system = served_system(store)
+    continues = group in system.adapters
+    replay_items = learned[-cfg.replay_per_buffer * 8:] if continues else []
+
+    codebook = worker_codebook(worker.adapters_dir)
+    revision = f"{group}_b{buffer.id}_{int(time.time())}"
+    stage = staging_dir(worker.adapters_dir, f"buffer{buffer.id}-{group}-{revision}")
+    tcfg = TuneConfig(method="llaca+replay" if continues else "seq", steps=settings.learn_steps, lr=cfg.lr,
+                      batch_size=min(cfg.batch_size, max(4, len(train))), seed=cfg.seed + buffer.id)
+    worker.state(WorkerActivity.TRAINING, buffer=buffer.id, group=group, step=0, total=tcfg.steps)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if lost.is_set():
+            raise LeaseLost(f"lost the lease on buffer {buffer.id}")
+        worker.state(WorkerActivity.TRAINING, buffer=buffer.id, group=group, step=step, total=total, loss=round(loss, 4))
+
+    samples = worker._samples
+    result = worker._train(buffer.id, samples(train), samples(replay_items), tcfg,
+                           system.adapters.get(group), stage / group, progress)
+    candidate = system.replaced(group, stage / group, revision, codebook)
+
+    worker.state(WorkerActivity.EVALUATING, buffer=buffer.id, group=group)
+    held_by_group: dict[str, list] = defaultdict(list)
+    for g, its in store.grouped_heldout_items().items():
+        if g != group and g in system.adapters:
+            held_by_group[g] = [it for it in its if it.image_sha256 and it.learned_in is not None]
+    taught = train[:MAX_TAUGHT_CHECK]
+    named = ([(f"taught (buffer {buffer.id})", TAUGHT, samples(taught)), (f"group {group}", NEW, samples(pooled_held))]
+             + [(f"group {g}", EARLIER, samples(its)) for g, its in sorted(held_by_group.items()) if its]
+             + [(p.name, PROBE, p.samples) for p in worker.probes])
+    sets = [s for _, _, s in named]
+    cand_hits, cur_hits = routed_hits(worker.lm, candidate, sets), routed_hits(worker.lm, system, sets)
+    report = decide_paired([PairedSet(n, k, c, o) for (n, k, _), c, o in zip(named, cand_hits, cur_hits)],
+                           settings.guard_margin)
+    if lost.is_set():
+        raise LeaseLost(f"lost the lease on buffer {buffer.id} while evaluating")
+    held_right = {it.id for it, hit in zip(pooled_held, cand_hits[1]) if hit}
+    items = {"trained": [it.id for it in train], "heldout_right": sorted(i.id for i in held if i.id in held_right),
+             "heldout_wrong": sorted(i.id for i in held if i.id not in held_right)}
+
+    candidate.write(stage)
+    worker._checkpoint("before-publish")
+    name, final = worker._publish(stage, buffer.id, report.passed)
+    worker._checkpoint("after-publish")
+    metrics = AdapterMetrics.for_candidate(name, current, buffer, report, [p.name for p in worker.probes],
+                                           {**result.record, "items": items}, time.perf_counter() - t0, group=group)
+    store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
+                           library_versions())
+    worker._checkpoint("after-register")
+    if report.passed:
+        store.promote_adapter(name)
+        worker._checkpoint("after-promote")
+    else:
+        store.reject_adapter(name, report.reason)
+    _record_outcome(store, name, report.passed, report.reason, items)
+    log.info("buffer %s group %s: %s %s (%s)", buffer.id, group, name, "promoted" if report.passed else "rejected",
+             report.reason)
+    return name, "promoted" if report.passed else "rejected"
