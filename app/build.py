@@ -18,7 +18,7 @@ import gradio as gr
 from .api import ApiHandlers
 from .chat import ChatHandlers
 from .feedback import BOX_PLACEHOLDER, PICK_ANSWER, FeedbackHandlers
-from .panels import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, TABLE_HEADERS, Panels
+from .panels import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, GROUP_HEADERS, TABLE_HEADERS, Panels
 from .services import Services
 from .state import SessionState
 
@@ -132,6 +132,10 @@ def build_app(services: Services) -> gr.Blocks:
                         matrix_plot = gr.Plot(label="Accuracy matrix", show_label=False, elem_id="llaca-matrix")
                     with gr.Column():
                         forgetting_plot = gr.Plot(label="Forgetting per version", show_label=False, elem_id="llaca-forgetting")
+                groups_table = gr.Dataframe(
+                    headers=GROUP_HEADERS, interactive=False, wrap=True, elem_id="llaca-groups",
+                    label="Instruction groups of this version (llaca+groups): questions are routed to their group's adapter",
+                )
                 with gr.Group():
                     gr.Markdown("### Rollback", padding=True)
                     gr.Markdown(ADMIN_ENABLED if s.admin_enabled else ADMIN_DISABLED, padding=True, elem_id="llaca-admin-note")
@@ -222,10 +226,10 @@ def build_app(services: Services) -> gr.Blocks:
         # -- status polling and dashboard -------------------------------------------------
         timer = gr.Timer(s.poll_seconds)
         timer.tick(panels.poll, [state], [status_md, panel], show_progress="hidden", **light)
-        dash_outputs = [dash_summary, table, matrix_plot, forgetting_plot, version_pick, rollback_pick]
+        dash_outputs = [dash_summary, table, matrix_plot, forgetting_plot, version_pick, rollback_pick, groups_table]
         demo.load(panels.refresh, [state], [status_md, panel], **light, show_progress="hidden")
         gr.on([dash_tab.select, refresh_btn.click], panels.dashboard, [version_pick], dash_outputs, **light)
-        version_pick.input(panels.matrix_for, [version_pick], [matrix_plot], **light)
+        version_pick.input(panels.matrix_for, [version_pick], [matrix_plot, groups_table], **light)
         rollback_btn.click(panels.rollback, [rollback_pick, password, version_pick], [rollback_msg, *dash_outputs], **light)
 
         def on_unload(request: gr.Request):

@@ -41,6 +41,8 @@ BASE_CHOICE = "base (no adapter)"
 ADMIN_DISABLED = "Admin actions are disabled: no admin password is set. Start the app with `LLACA_ADMIN_PASSWORD` (or `--admin-password`) to enable rollback."
 ADMIN_ENABLED = "Rollback needs the admin password (`LLACA_ADMIN_PASSWORD`)."
 TABLE_HEADERS = ["version", "status", "parent", "created (UTC)", "avg acc %", "forgetting (worst task)", "guard", "reason"]
+DASHBOARD_OUTPUTS = 7  # what `Panels.dashboard` returns: summary, versions, matrix, forgetting, 2 pickers, groups
+GROUP_HEADERS = ["group", "what it answers", "adapter trained in", "corrections learned / taught"]
 
 
 class Thumbnails:
@@ -182,9 +184,9 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
         for item in list(reversed(b.items))[:shown]:
             src = thumbs.get(item.image_sha256)
             img = f"<img src='{src}' alt='image' width='40' height='40'>" if src else ""
-            state, words = correction_status(item, b)
+            fate, fate_words = correction_status(item, b)
             rows.append(f"<tr><td>{img}</td><td>{_e(item.question)}</td><td><b>{_e(item.answer)}</b></td>"
-                        f"<td class='llaca-item-{_e(state.replace(' ', '-'))}'>{_e(words)}</td></tr>")
+                        f"<td class='llaca-item-{_e(fate.replace(' ', '-'))}'>{_e(fate_words)}</td></tr>")
         more = f"<div class='llaca-more'>… and {b.size - shown} more</div>" if b.size > shown else ""
         out.append(
             f"<div class='llaca-buffer' data-status='{_e(b.status)}'>"
@@ -314,8 +316,29 @@ class Panels:
         ax.legend(fontsize=7)
         return fig
 
+    def groups_table(self, adapter: AdapterVersion | None, adapters: list[AdapterVersion]) -> list[list[Any]]:
+        """The instruction groups of a routed version: each group's adapter (the version that
+        trained it) and how many of its corrections are learned. Empty for other versions."""
+        from llaca.routed_system import RoutedSystem, is_routed_system
+
+        if adapter is None or not is_routed_system(adapter.path):
+            return []
+        try:
+            system = RoutedSystem.load(adapter.path)
+        except Exception as e:  # a damaged folder must not break the dashboard
+            log.warning("could not read the routed system of %s: %s", adapter.version, e)
+            return []
+        trained_by = {m.tune.get("revision"): a.version for a in adapters if (m := metrics_of(a)) and m.tune.get("revision")}
+        counts = self.s.store.group_counts()
+        rows = []
+        for g in system.codebook.groups:
+            learned, taught = counts.get(g.id, (0, 0))
+            adapter_of = trained_by.get(system.trained_in.get(g.id), "?") if g.id in system.adapters else "none (base model)"
+            rows.append([g.id, g.name, adapter_of, f"{learned} / {taught}"])
+        return rows
+
     def dashboard(self, chosen: str | None = None):
-        """Outputs: summary, table, matrix plot, forgetting plot, version picker, rollback picker."""
+        """Outputs: summary, table, matrix plot, forgetting plot, version picker, rollback picker, groups."""
         adapters = self.s.store.list_adapters()
         current = next((a for a in adapters if a.status == AdapterStatus.CURRENT), None)
         versions = [a.version for a in adapters]
@@ -334,11 +357,14 @@ class Panels:
         return (
             summary, self.adapters_table(adapters), self.matrix_figure(adapter), self.forgetting_figure(adapters),
             gr.update(choices=versions, value=chosen), gr.update(choices=rollback_choices),
+            self.groups_table(adapter, adapters),
         )
 
     def matrix_for(self, chosen: str | None):
-        adapter = next((a for a in self.s.store.list_adapters() if a.version == chosen), None)
-        return self.matrix_figure(adapter)
+        """Outputs: the matrix plot and the groups table of version ``chosen``."""
+        adapters = self.s.store.list_adapters()
+        adapter = next((a for a in adapters if a.version == chosen), None)
+        return self.matrix_figure(adapter), self.groups_table(adapter, adapters)
 
     def rollback(self, choice: str | None, password: str | None, chosen: str | None = None):
         """Admin: serve an earlier version again (or the base model).
@@ -356,7 +382,7 @@ class Panels:
         except Exception as e:
             text = user_message(e, "rolling back")
             gr.Warning(text)
-            return (f"⚠️ {text}",) + (gr.skip(),) * 6
+            return (f"⚠️ {text}",) + (gr.skip(),) * DASHBOARD_OUTPUTS
         msg = f"Rolled back: {target or 'the base model'} is current and serves from the next answer."
         gr.Info(msg, duration=5)
         log.info("admin rollback to %s", target or "base")

@@ -1,15 +1,23 @@
 """The learning loop through the real app, as users drive it (gradio_client on 127.0.0.1).
 
-    python benchmarks/learning_loop.py [--families position,count,letter,choice] [--buffer 48]
+    python benchmarks/learning_loop.py [--families position,count,letter,exists] [--per-family 48]
+        [--buffer N] [--learn-method M] [--json F]
 
-For each family in turn, one client asks about fresh synthetic images and corrects every
-wrong answer until its buffer is full (the buffer size threshold makes it ready); the app's
-background worker trains, guards and promotes. Reported:
-  * time from the correction that fills a buffer to the promoted version answering that
-    family correctly (target: under 2 minutes for a 48-item buffer);
-  * chat time to first token while the worker trains, against idle, measured in the same
-    run (target: at most 2x);
-  * the served model's accuracy on every family after each buffer, and forgetting per family.
+One client teaches the families in sequence: for each, it asks about fresh synthetic images
+(64-128 px) and corrects every wrong answer, `--per-family` corrections in all; buffers fill
+at the app's buffer size (its default unless `--buffer`), and a last partial buffer is queued
+with /teach. The app's background worker trains, guards and promotes, while a second client
+keeps chatting. Reported, each measured in this run:
+
+  * per buffer: seconds from its last correction to the worker's decision, and, per family,
+    seconds from the last correction of its first buffer to a served version that answers
+    that family's fresh questions right (target: 2 minutes);
+  * the served accuracy on fresh images of every family after each family (once the worker
+    is idle), and forgetting: each family's best level since it was taught minus its last;
+  * the share of the corrections that a promoted version learned (target: 95%);
+  * chat time to first token while the worker trains, against idle (target: at most 2x);
+  * routing: time to first token of the final routed version against the same group's
+    adapter served alone, alternating, in this process (target: at most 1.05x).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from llaca.evaluate import is_correct  # noqa: E402
 from llaca.metrics import online_forgetting  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
 
+SIZES = (64, 128)
+
 
 class Images:
     """Fresh synthetic images written once to disk, handed to the client as files."""
@@ -42,7 +52,7 @@ class Images:
         from gradio_client import handle_file
 
         out = []
-        for s in heldout(family, n, seed=seed):
+        for s in heldout(family, n, seed=seed, size=SIZES):
             self.counter += 1
             path = self.root / f"{family}-{seed}-{self.counter}.png"
             s.image.save(path)
@@ -81,13 +91,27 @@ def status(client) -> dict:
     return client.predict(api_name="/status")
 
 
+def wait_idle(client, timeout: float) -> dict:
+    """Wait until no buffer of this session is queued or training; returns the last /status."""
+    end = time.perf_counter() + timeout
+    while True:
+        st = status(client)
+        if all(b["status"] in ("promoted", "rejected", "open") for b in st["buffers"]) or time.perf_counter() > end:
+            return st
+        time.sleep(0.5)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/llava-tiny")
-    ap.add_argument("--families", default="position,count,letter,choice")
-    ap.add_argument("--buffer", type=int, default=48)
+    ap.add_argument("--families", default="position,count,letter,exists")
+    ap.add_argument("--per-family", type=int, default=48, help="corrections taught per family")
+    ap.add_argument("--buffer", type=int, default=None, help="the app's buffer size (default: the app's default)")
+    ap.add_argument("--learn-method", default=None, help="the worker's method (default: the app's default)")
+    ap.add_argument("--app-arg", action="append", default=[], help="another flag for app.py (repeatable)")
     ap.add_argument("--eval-n", type=int, default=40)
     ap.add_argument("--ttft-n", type=int, default=12)
+    ap.add_argument("--routing-n", type=int, default=40, help="generations per arm of the routing comparison")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the chat and of the worker (2 cores here)")
     ap.add_argument("--json", type=Path, default=None)
@@ -105,14 +129,38 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def teach_family(teacher, images: Images, family: str, n: int, seed: int) -> tuple[dict[int, float], int]:
+    """Correct `n` wrong answers about fresh images; {buffer id: time of its last correction}."""
+    filled: dict[int, float] = {}
+    corrections = 0
+    while corrections < n:
+        for image, q, a in images.fresh(family, n, seed):
+            got, mid, _ = ask(teacher, image, q)
+            if is_correct(got, a):
+                continue  # a user corrects wrong answers only
+            buffer_id, _, _ = teacher.predict(mid, a, api_name="/correct")
+            filled[int(buffer_id)] = time.perf_counter()
+            corrections += 1
+            if corrections == n:
+                break
+        seed += 1
+    teach = teacher.predict(api_name="/teach")  # queue a last partial buffer; a status when there is none
+    if teach["buffer_id"] is not None:
+        filled[int(teach["buffer_id"])] = time.perf_counter()
+    return filled, seed
+
+
 def run(args, families: list[str], all_families: list[str], work: Path) -> int:
     from gradio_client import Client
 
     images = Images(work / "images")
     images.root.mkdir()
-    report = {"buffer": args.buffer, "families": families, "rows": [], "buffers": []}
-    with AppServer(args.model, work / "data", args=["--buffer-size", str(args.buffer)], threads=args.threads,
-                   worker=True, timeout=300) as app:
+    app_args = [*(["--buffer-size", str(args.buffer)] if args.buffer else []),
+                *(["--learn-method", args.learn_method] if args.learn_method else []), *args.app_arg]
+    report = {"families": families, "per_family": args.per_family, "app_args": app_args, "rows": [], "buffers": [],
+              "first_correct": {}}
+    data_dir = work / "data"
+    with AppServer(args.model, data_dir, args=app_args, threads=args.threads, worker=True, timeout=300) as app:
         teacher, chatter = Client(app.url, verbose=False), Client(app.url, verbose=False)
         probe = images.fresh("color", args.ttft_n, 5)
         idle = [ttft(chatter, im, q) for im, q, _ in probe]
@@ -120,52 +168,108 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
         report["rows"].append({"after": "base", **row})
         print("base:", row, flush=True)
         busy: list[float] = []
+        seen: set[int] = set()
         for j, family in enumerate(families):
-            corrections, seed = 0, 1000 * (j + 1)
-            while corrections < args.buffer:
-                for image, q, a in images.fresh(family, args.buffer, seed):
-                    got, mid, _ = ask(teacher, image, q)
-                    if is_correct(got, a):
-                        continue  # a user corrects wrong answers only
-                    client_result = teacher.predict(mid, a, api_name="/correct")
-                    corrections += 1
-                    if corrections == args.buffer:
-                        break
-                seed += 1
-            t_fill = time.perf_counter()
-            buffer_id = client_result[0]
-            print(f"{family}: buffer {buffer_id} filled with {corrections} corrections", flush=True)
-            # chat latency while the worker trains on it
-            k = 0
-            while time.perf_counter() - t_fill < args.timeout:
+            filled, seed = teach_family(teacher, images, family, args.per_family, 1000 * (j + 1))
+            first = min(b for b in filled if b not in seen)
+            print(f"{family}: {args.per_family} corrections in buffers {sorted(filled)}", flush=True)
+            learned_at, k, deadline = None, 0, time.perf_counter() + args.timeout
+            fresh = iter(images.fresh(family, 400, seed + 50))
+            while time.perf_counter() < deadline:
                 st = status(teacher)
-                buf = next(b for b in st["buffers"] if b["id"] == buffer_id)
-                if buf["status"] in ("promoted", "rejected"):
-                    break
+                if learned_at is None and any(b["id"] == first and b["status"] == "promoted" for b in st["buffers"]):
+                    image, q, a = next(fresh)
+                    got, _, _ = ask(teacher, image, q)
+                    if is_correct(got, a):
+                        learned_at = time.perf_counter() - filled[first]
                 if any(w["state"] == "training" for w in st["worker"]):
                     im, q, _ = probe[k % len(probe)]
                     busy.append(ttft(chatter, im, q))
                     k += 1
+                elif all(b["status"] in ("promoted", "rejected", "open") for b in st["buffers"]):
+                    if learned_at is not None or all(b["status"] != "promoted" for b in st["buffers"] if b["id"] == first):
+                        break
                 else:
                     time.sleep(0.3)
-            t_done = time.perf_counter() - t_fill
-            learned_at = None
-            if buf["status"] == "promoted":
-                for image, q, a in images.fresh(family, 20, seed + 50):
-                    got, _, version = ask(teacher, image, q)
-                    if is_correct(got, a):
-                        learned_at = time.perf_counter() - t_fill
-                        break
+            st = wait_idle(teacher, args.timeout)
+            for b in st["buffers"]:
+                if b["id"] in filled and b["id"] not in seen:
+                    seen.add(b["id"])
+                    report["buffers"].append({"family": family, "buffer": b["id"], "size": len(b["items"]),
+                                              "status": b["status"], "version": b["adapter_version"],
+                                              "reason": b["reason"], "seconds_to_decision": None})
+            report["first_correct"][family] = round(learned_at, 1) if learned_at is not None else None
             row = {f: accuracy(chatter, images, f, args.eval_n, 100 + k2)[0] for k2, f in enumerate(all_families)}
             report["rows"].append({"after": family, **row})
-            report["buffers"].append({"family": family, "buffer": buffer_id, "status": buf["status"],
-                                      "version": buf["adapter_version"], "reason": buf["reason"],
-                                      "seconds_to_decision": round(t_done, 1),
-                                      "seconds_to_correct_answer": round(learned_at, 1) if learned_at else None})
-            print(f"{family}: {buf['status']} as {buf['adapter_version']} after {t_done:.0f}s; accuracy {row}", flush=True)
+            print(f"{family}: first correct answer {report['first_correct'][family]} s after its first buffer; "
+                  f"accuracy {row}", flush=True)
+        final = status(teacher)
+        items = [i for b in final["buffers"] for i in b["items"]]
+        report["corrections"] = len(items)
+        report["learned"] = sum(i["status"] == "learned" for i in items)
+        report["not_learned"] = [{"question": i["question"], "status": i["status_text"]} for i in items
+                                 if i["status"] != "learned"][:20]
+    report["routing"] = routing_overhead(args.model, data_dir, families, args.routing_n, args.threads)
+    return summarise(report, families, all_families, idle, busy, args)
+
+
+def routing_overhead(model: str, data_dir: Path, families: list[str], n: int, threads: int) -> dict | None:
+    """TTFT of the final routed version against one of its group adapters served alone."""
+    import torch
+
+    from feedback_store import FeedbackStore
+    from llaca.model import GenerationParams, load_model
+    from llaca.routed_system import RoutedSystem, is_routed_system
+    from llaca.serving import Assistant, ServedVersion
+
+    store = FeedbackStore(data_dir)
+    try:
+        current = store.current_adapter()
+    finally:
+        store.close()
+    if current is None or not is_routed_system(current.path):
+        return None
+    torch.set_num_threads(threads)
+    system = RoutedSystem.load(current.path)
+    samples = [s for f in families for s in heldout(f, 4, seed=77)]
+    sample = next((s for s in samples if system.route(s.question)), None)
+    if sample is None:
+        return None
+    group = system.route(sample.question)
+    routed = Assistant(load_model(model, device="cpu"), lambda: ServedVersion(current.version, Path(current.path)))
+    alone = Assistant(load_model(model, device="cpu"), lambda: ServedVersion("alone", system.adapters[group]))
+    params = GenerationParams(temperature=0.0, max_new_tokens=8)
+
+    def first_token(assistant) -> float:
+        t0 = time.perf_counter()
+        for _ in assistant.stream([(sample.question, None)], sample.image, params):
+            return time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    for a in (routed, alone):
+        first_token(a)  # warm-up
+    times = {"routed": [], "alone": []}
+    for _ in range(n):
+        for name, a in (("routed", routed), ("alone", alone)):
+            times[name].append(first_token(a))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    route_us = min(timed_route(system, sample.question) for _ in range(5))
+    return {"group": group, "n": n, "ttft_routed_ms": round(med["routed"] * 1000, 2),
+            "ttft_alone_ms": round(med["alone"] * 1000, 2), "ratio": round(med["routed"] / med["alone"], 3),
+            "route_us": round(route_us, 2)}
+
+
+def timed_route(system, question: str, reps: int = 2000) -> float:
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        system.route(question)
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+def summarise(report: dict, families, all_families, idle, busy, args) -> int:
     rows = report["rows"]
     # forgetting (llaca.metrics): best accuracy since the family was known (base families: from
-    # the start; taught families: from the row after their buffer) minus the final accuracy
+    # the start; taught families: from the row after they were taught) minus the final accuracy
     first_row = {f: 0 for f in ("color", "shape")} | {f: k + 1 for k, f in enumerate(families)}
     known = [[r[f] if i >= first_row[f] else None for f in all_families] for i, r in enumerate(rows)]
     forgetting = {f: round(v, 1) for f, v in online_forgetting(all_families, known).items()}
@@ -174,16 +278,26 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
     report["ttft_training_median_s"] = round(statistics.median(busy), 4) if busy else None
     report["ttft_ratio"] = round(report["ttft_training_median_s"] / report["ttft_idle_median_s"], 2) if busy else None
 
-    print("\nbuffer  family     decision   version  s to decision  s to a correct answer")
+    print("\nbuffer  family     size  decision   version")
     for b in report["buffers"]:
-        print(f"{b['buffer']:>6}  {b['family']:<10} {b['status']:<10} {str(b['version']):<8} {b['seconds_to_decision']:>13}  {b['seconds_to_correct_answer']}")
-    print("\nserved accuracy (%) after each buffer:")
+        print(f"{b['buffer']:>6}  {b['family']:<10} {b['size']:>4}  {b['status']:<10} {str(b['version']):<8}")
+    print("\nseconds from the last correction of a family's first buffer to a correct answer on a fresh image:")
+    for f, sec in report["first_correct"].items():
+        print(f"  {f:<10} {sec}")
+    print("\nserved accuracy (%) on fresh 64-128 px images after each family (worker idle):")
     print("after      " + " ".join(f"{f:>9}" for f in all_families))
-    for r in report["rows"]:
+    for r in rows:
         print(f"{r['after']:<10} " + " ".join(f"{r[f]:>9.1f}" for f in all_families))
     print("forgetting " + " ".join(f"{forgetting[f]:>9.1f}" if f in forgetting else f"{'-':>9}" for f in all_families))
-    print(f"\nTTFT idle {report['ttft_idle_median_s'] * 1000:.1f} ms (n={len(idle)}), while training "
+    share = 100.0 * report["learned"] / max(1, report["corrections"])
+    print(f"\ncorrections learned by a promoted version: {report['learned']} / {report['corrections']} ({share:.1f}%)")
+    print(f"TTFT idle {report['ttft_idle_median_s'] * 1000:.1f} ms (n={len(idle)}), while training "
           f"{(report['ttft_training_median_s'] or 0) * 1000:.1f} ms (n={len(busy)}): ratio {report['ttft_ratio']} (target <= 2)")
+    r = report["routing"]
+    if r:
+        print(f"routing: TTFT {r['ttft_routed_ms']} ms routed (group {r['group']}) against {r['ttft_alone_ms']} ms "
+              f"for its adapter alone (n={r['n']} each, alternating): ratio {r['ratio']} (target <= 1.05); "
+              f"one route() {r['route_us']} us")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -106,3 +106,10 @@ class Outcomes(StoreBase):
             row = one(db, "SELECT COUNT(*) AS n, SUM(learned_in IS NOT NULL) AS learned FROM buffer_items "
                           "WHERE image_sha256 IS NOT NULL")
         return int(row["learned"] or 0), int(row["n"] or 0)
+
+    def group_counts(self) -> dict[str, tuple[int, int]]:
+        """{group: (learned, taught)} corrections with an image, per instruction group."""
+        with self._conns.read() as db:
+            rows = db.query("SELECT group_id, COUNT(*) AS n, SUM(learned_in IS NOT NULL) AS learned FROM buffer_items "
+                            "WHERE group_id IS NOT NULL AND image_sha256 IS NOT NULL GROUP BY group_id")
+            return {r["group_id"]: (int(r["learned"] or 0), int(r["n"])) for r in rows}

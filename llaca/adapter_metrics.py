@@ -31,7 +31,7 @@ from .metrics import extend_online, online_forgetting, row_average
 
 METRICS_SCHEMA_VERSION = 1
 TUNE_KEYS = ("method", "steps", "samples", "seconds", "loss_first", "loss_last", "ema", "replay_pool",
-             "num_processes", "global_batch", "items")
+             "num_processes", "global_batch", "items", "revision")
 
 
 class MetricsRecordError(ValueError):

@@ -168,13 +168,15 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     learned = [it for it in earlier if it.learned_in is not None and it.split == Split.TRAIN]
     current, system = served_system(store)
     continues = group in system.adapters
-    replay_items = learned[-cfg.replay_per_buffer * 8:] if continues else []
+    replay_items = learned[-cfg.group_pool:] if continues else []
+    share = cfg.group_replay if cfg.group_replay is not None else len(replay_items) / max(1, len(replay_items) + len(train))
 
     codebook = worker_codebook(worker.adapters_dir)
     revision = f"{group}_b{buffer.id}_{int(time.time())}"
     stage = staging_dir(worker.adapters_dir, f"buffer{buffer.id}-{group}-{revision}")
     tcfg = TuneConfig(method="llaca+replay" if continues else "seq", steps=settings.learn_steps, lr=cfg.lr,
-                      batch_size=min(cfg.batch_size, max(4, len(train))), seed=cfg.seed + buffer.id)
+                      batch_size=min(cfg.batch_size, max(4, len(train) + len(replay_items))), seed=cfg.seed + buffer.id,
+                      replay_fraction=min(0.9, share))
     worker.state(WorkerActivity.TRAINING, buffer=buffer.id, group=group, step=0, total=tcfg.steps)
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -211,7 +213,7 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     name, final = worker._publish(stage, buffer.id, report.passed)
     worker._checkpoint("after-publish")
     metrics = AdapterMetrics.for_candidate(name, current, buffer, report, [p.name for p in worker.probes],
-                                           {**result.record, "items": items}, time.perf_counter() - t0, group=group)
+                                           {**result.record, "items": items, "revision": revision}, time.perf_counter() - t0, group=group)
     store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
                            library_versions())
     worker._checkpoint("after-register")

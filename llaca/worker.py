@@ -101,6 +101,10 @@ class WorkerConfig:
     probe_n: int = 60
     probe_data: list[Path] = field(default_factory=list)
     replay_per_buffer: int = 16
+    # llaca+groups: the share of each batch replayed from the group's learned corrections (None:
+    # the pool's own share, so new and earlier corrections are drawn alike), and the pool's cap
+    group_replay: float | None = None
+    group_pool: int = 256
     seed: int = 0
     crash_at: str | None = None  # fault injection for crash tests: SIGKILL self at a named point
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")

@@ -270,6 +270,21 @@ def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_pat
     assert not errors and results == alone
     assert assistant._gate.switches > 3  # they really took turns on the one model
 
+    # the dashboard shows the groups of the served version, their adapters and what they learned
+    from app.panels import Panels
+    from app.services import create_services
+
+    services = create_services(Settings(data_dir=tmp_path, learn_method=GROUPS), lm=lm)
+    try:
+        *_, groups = Panels(services).dashboard()
+        learned = {g: sum(1 for i in items if i.group_id == g and i.learned_in) for g in ("g1", "g2")}
+        assert [(r[0], r[2], r[3]) for r in groups] == [("g1", "v1", f"{learned['g1']} / 24"),
+                                                     ("g2", "v2", f"{learned['g2']} / 24")]
+        matrix, v1_groups = Panels(services).matrix_for("v1")
+        assert [r[0] for r in v1_groups] == ["g1"] and matrix is not None  # v1 knew one group
+    finally:
+        services.store.close()
+
 
 @pytest.mark.slow
 def test_a_rejected_run_is_trained_again_and_poison_stays_refused(tmp_path):
