@@ -154,7 +154,7 @@ class ChatHandlers:
             return
         text = text.strip()
         version = served.version
-        meta.version, meta.stopped = version, stopped
+        meta.version, meta.group, meta.stopped = version, served.group, stopped
         if question_id is not None:
             try:
                 answer = self.s.store.record_answer(

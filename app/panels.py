@@ -199,7 +199,8 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
 
 
 def render_ledger(state: SessionState) -> str:
-    """Which adapter version answered each answer of this chat (and the feedback it got)."""
+    """Which adapter version (and instruction group) answered each answer of this chat, and the
+    feedback it got."""
     marks = {"like": "👍", "dislike": "👎", "corrected": "✏️"}
     parts = []
     for i, m in enumerate(state.messages):
@@ -207,7 +208,8 @@ def render_ledger(state: SessionState) -> str:
             continue
         mark = marks.get(m.feedback or "", "")
         stop = " ⏹" if m.stopped else ""
-        parts.append(f"<span class='llaca-chip'>#{state.answer_number(i)} <code>{_e(m.version)}</code>{mark}{stop}</span>")
+        who = f"{m.version} · {m.group}" if m.group else m.version
+        parts.append(f"<span class='llaca-chip'>#{state.answer_number(i)} <code>{_e(who)}</code>{mark}{stop}</span>")
     if not parts:
         return ""
     return "<div class='llaca-ledger'>Answered by: " + " ".join(parts) + "</div>"

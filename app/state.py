@@ -23,6 +23,7 @@ class MessageMeta:
     role: str
     image: str | None = None  # sha256 of the image attached to this very message
     version: str | None = None  # adapter version that produced an assistant message
+    group: str | None = None  # and, for a routed version, the instruction group whose adapter answered
     feedback: str | None = None  # "like" | "dislike" | "corrected"
     stopped: bool = False
 

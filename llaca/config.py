@@ -77,7 +77,7 @@ class Settings:
     threads: int | None = None
     poll_seconds: float = 2.0
     worker: bool = True
-    learn_method: str = "llaca"
+    learn_method: str = "llaca+groups"
     learn_steps: int = 80
     guard_margin: float = 5.0
     idle_ready: float = 900.0
@@ -181,7 +181,7 @@ class Settings:
             threads=as_int(pick(args.threads, "LLACA_THREADS"), "threads"),
             poll_seconds=as_float(pick(args.poll_seconds, "LLACA_POLL_SECONDS", default=2.0), "poll seconds"),
             worker=worker,
-            learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default="llaca")),
+            learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default="llaca+groups")),
             learn_steps=as_int(pick(args.learn_steps, "LLACA_LEARN_STEPS", default=80), "learn steps"),
             guard_margin=as_float(pick(args.guard_margin, "LLACA_GUARD_MARGIN", default=5.0), "guard margin"),
             idle_ready=as_float(pick(args.idle_ready, "LLACA_IDLE_READY", default=900.0), "idle ready"),
@@ -205,7 +205,7 @@ FLAGS: dict[str, dict] = {
     "threads": dict(type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)"),
     "poll_seconds": dict(type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)"),
     "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay, or "
-                              "llaca+groups (one adapter per instruction group, questions routed; default llaca; "
+                              "llaca+groups (one adapter per instruction group, questions routed; the default; "
                               "LLACA_LEARN_METHOD)"),
     "learn_steps": dict(type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)"),
     "guard_margin": dict(type=float, help="points an earlier task or a base probe may lose before a candidate is "

@@ -25,14 +25,23 @@ Crash safety: the group assignment is stored before training (a retry recomputes
 the candidate's metrics record its group and the ids of the items it learned, so a retry
 after a crash between publishing and promoting finishes that version instead of training
 again, and a crash before publishing leaves only an unpublished `.tmp` folder.
+
+Several workers on one data dir: assigning groups and publishing a version take an exclusive
+lock (`groups_lock`, flock on `adapters/.groups.lock`). A version another worker promoted
+while this run trained is built on: its groups are kept and this group's adapter is put on
+top (groups share no weights, so the guard's verdict on them stands). If that version
+retrained this very group, the run is abandoned (`GroupChangedMeanwhile`) and the buffer
+returns to the queue when its lease expires, to be trained from the newer adapter.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 from feedback_store import AdapterStatus, BufferStatus, Split, WorkerActivity
@@ -50,6 +59,25 @@ log = logging.getLogger(__name__)
 
 GROUPS_METHOD = "llaca+groups"
 WORKER_CODEBOOK = "codebook.json"  # in adapters/: the worker's codebook of every group ever assigned
+LOCK_FILE = ".groups.lock"  # in adapters/: serialises codebook updates and promotions between workers
+
+
+class GroupChangedMeanwhile(RuntimeError):
+    """Another worker promoted a new adapter for this group while we trained; train again."""
+
+
+@contextmanager
+def groups_lock(adapters_dir: Path):
+    """An exclusive lock (flock) shared by every worker on this host's data dir: assigning
+    groups and publishing a routed version are read-modify-write steps."""
+    import fcntl
+
+    with open(Path(adapters_dir) / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 MAX_TAUGHT_CHECK = 64  # training items the guard re-answers to check the fit
 
 
@@ -84,6 +112,11 @@ def assign_groups(worker, buffer, items) -> dict[int, str]:
     the assignment stored, or recomputes the same one (the codebook was saved first)."""
     if all(it.group_id for it in items):
         return {it.id: it.group_id for it in items}
+    with groups_lock(worker.adapters_dir):
+        return _assign(worker, buffer, items)
+
+
+def _assign(worker, buffer, items) -> dict[int, str]:
     codebook = worker_codebook(worker.adapters_dir)
     groups: dict[int, str] = {}
     new_questions: dict[str, list[str]] = defaultdict(list)
@@ -208,20 +241,31 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     items = {"trained": [it.id for it in train], "heldout_right": sorted(i.id for i in held if i.id in held_right),
              "heldout_wrong": sorted(i.id for i in held if i.id not in held_right)}
 
-    candidate.write(stage)
-    worker._checkpoint("before-publish")
-    name, final = worker._publish(stage, buffer.id, report.passed)
-    worker._checkpoint("after-publish")
-    metrics = AdapterMetrics.for_candidate(name, current, buffer, report, [p.name for p in worker.probes],
-                                           {**result.record, "items": items, "revision": revision}, time.perf_counter() - t0, group=group)
-    store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
-                           library_versions())
-    worker._checkpoint("after-register")
-    if report.passed:
-        store.promote_adapter(name)
-        worker._checkpoint("after-promote")
-    else:
-        store.reject_adapter(name, report.reason)
+    with groups_lock(worker.adapters_dir):
+        latest, latest_system = served_system(store)
+        if (latest.version if latest else None) != (current.version if current else None):
+            # another worker promoted meanwhile: a version of another group is kept, and ours is
+            # put on top of it (groups share no weights); a new adapter of this very group is not
+            if latest_system.trained_in.get(group) != system.trained_in.get(group):
+                shutil.rmtree(stage, ignore_errors=True)
+                raise GroupChangedMeanwhile(f"group {group} was retrained by another worker during this run")
+            candidate = latest_system.replaced(group, stage / group, revision, worker_codebook(worker.adapters_dir))
+            current = latest
+        candidate.write(stage)
+        worker._checkpoint("before-publish")
+        name, final = worker._publish(stage, buffer.id, report.passed)
+        worker._checkpoint("after-publish")
+        metrics = AdapterMetrics.for_candidate(
+            name, current, buffer, report, [p.name for p in worker.probes],
+            {**result.record, "items": items, "revision": revision}, time.perf_counter() - t0, group=group)
+        store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
+                               library_versions())
+        worker._checkpoint("after-register")
+        if report.passed:
+            store.promote_adapter(name)
+            worker._checkpoint("after-promote")
+        else:
+            store.reject_adapter(name, report.reason)
     _record_outcome(store, name, report.passed, report.reason, items)
     log.info("buffer %s group %s: %s %s (%s)", buffer.id, group, name, "promoted" if report.passed else "rejected",
              report.reason)

@@ -330,3 +330,37 @@ def test_sigkill_mid_promotion_keeps_the_routed_system_consistent(tmp_path, poin
     system = RoutedSystem.load(current.path)
     assert list(system.adapters) == ["g1"]
     assert all(i.learned_in or i.pending_reason for i in store.buffer_items(buffer_id))
+
+
+@pytest.mark.slow
+def test_a_version_promoted_by_another_worker_meanwhile_is_built_on_not_lost(tmp_path):
+    from llaca.group_learning import GroupChangedMeanwhile
+
+    store = FeedbackStore(tmp_path)
+    _, first = teach(store, "position", 8, seed=21)
+    _, letters = teach(store, "letter", 8, seed=22)
+    _, more = teach(store, "position", 8, seed=23)
+    one, other = _worker(store, tmp_path), _worker(store, tmp_path)
+    assert one.run_once() and store.current_adapter().version == "v1"  # g1: positions
+    train = one._train
+
+    def train_then_the_other_worker_promotes(*a, **k):
+        result = train(*a, **k)
+        assert other.run_once()  # meanwhile: the second position buffer, g1 retrained -> v2
+        return result
+
+    one._train = train_then_the_other_worker_promotes
+    assert one.run_once()  # the letters: g2, built on v2
+    assert [store.get_buffer(b).status for b in (first, letters, more)] == ["promoted"] * 3
+    v2, v3 = (RoutedSystem.load(store.get_adapter(v).path) for v in ("v2", "v3"))
+    assert store.current_adapter().version == "v3" and sorted(v3.adapters) == ["g1", "g2"]
+    assert v3.trained_in["g1"] == v2.trained_in["g1"]  # v2's retrained positions were kept
+
+    # the same group retrained meanwhile: this run is abandoned, the buffer goes back to the queue
+    _, again = teach(store, "letter", 8, seed=24)
+    _, again2 = teach(store, "letter", 8, seed=25)
+    with pytest.raises(GroupChangedMeanwhile):
+        one.run_once()
+    assert store.get_buffer(again).status == "training"  # its lease expires, then it is trained again
+    assert not list((tmp_path / "adapters").glob("*.tmp"))
+    assert store.current_adapter().version == "v4" and RoutedSystem.load(store.current_adapter().path).trained_in["g2"]

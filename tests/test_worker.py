@@ -62,7 +62,7 @@ def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
     base = {f: served_accuracy(tiny, store, f) for f in ("color", "shape")}
     assert served_accuracy(tiny, store, "position") < 50
     _, buffer_id = teach(store, "position", 48, seed=5)
-    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path)), store, lm=tiny)
+    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path, learn_method="llaca")), store, lm=tiny)
     assert worker.run_once()
     buf = store.get_buffer(buffer_id)
     assert buf.status == "promoted", buf.reason
@@ -83,7 +83,7 @@ def test_learns_a_new_family_and_keeps_the_base(tiny, tmp_path):
 def test_guard_rejects_corrections_that_would_destroy_colour(tiny, tmp_path):
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "color", 24, seed=9, answer_for=lambda s: "blue")
-    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path)), store, lm=tiny)
+    worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path, learn_method="llaca")), store, lm=tiny)
     assert worker.run_once()
     buf = store.get_buffer(buffer_id)
     assert buf.status == "rejected" and "color" in buf.reason and "fell" in buf.reason
@@ -99,7 +99,7 @@ def start_worker(data_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "llaca.worker", "--data-dir", str(data_dir), "--model", str(TINY), "--device", "cpu",
          "--lease", "4", "--poll", "0.3", "--learn-steps", "30", "--lr", "1e-3", "--worker-threads", "1", "--probe-n", "12",
-         *extra],
+         "--learn-method", "llaca", *extra],  # a later --learn-method in `extra` wins
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
@@ -171,7 +171,10 @@ def test_sigkill_during_promotion_never_serves_a_broken_version(tmp_path, point)
 @pytest.mark.slow
 def test_trains_through_a_training_command(tiny, tmp_path, monkeypatch):
     """The worker writes the training set, runs `python -m llaca.tune` as a subprocess, and
-    guards and promotes its adapter as one trained in-process."""
+    guards and promotes its adapter as one trained in-process (default method: the adapter
+    is the group's, inside the routed version)."""
+    from llaca.routed_system import RoutedSystem
+
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "position", 12, seed=5)
@@ -184,8 +187,8 @@ def test_trains_through_a_training_command(tiny, tmp_path, monkeypatch):
     buf = store.get_buffer(buffer_id)
     assert buf.status == "promoted", buf.reason
     cur = store.current_adapter()
-    assert cur.version == buf.adapter_version and is_complete(Path(cur.path))
-    record = json.loads((Path(cur.path) / "run_record.json").read_text())
+    assert cur.version == buf.adapter_version and list(RoutedSystem.load(cur.path).adapters) == ["g1"]
+    record = json.loads((Path(cur.path) / "g1" / "run_record.json").read_text())
     assert record["num_processes"] == 1 and record["steps"] == 20 and record["samples"] == 10  # 2 held out
     assert cur.metrics["tune"]["num_processes"] == 1 and cur.metrics["tune"]["global_batch"] == record["global_batch"]
     steps = [d for state, d in seen if state == "training" and "step" in d]
