@@ -224,7 +224,7 @@ class FeedbackHandlers:
             gr.Warning(user_message(e, "queueing your corrections"))
             return gr.skip()
         msg = f"Buffer #{buffer.id} ({plural(buffer.size, 'correction')}) is ready and queued for learning."
-        if too_small_to_test(buffer.size):
+        if too_small_to_test(buffer.size) and self.s.settings.learn_method != "llaca+groups":
             msg += " With so few corrections there is nothing to test a new version on, so it is usually rejected."
         gr.Info(msg, duration=5)
         return f"🎓 {msg} The panel below shows each step."

@@ -125,11 +125,22 @@ def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
     return max(0.0, min(1.0, w.detail["step"] / w.detail["total"]))
 
 
-def learning_rule(threshold: int) -> str:
+def learning_rule(threshold: int, method: str = "llaca+groups") -> str:
     """What happens to a buffer, in a user's words (the worker's split and the guard)."""
+    from llaca.group_learning import GROUPS_METHOD
     from llaca.worker import MIN_ITEMS_TO_HOLD_OUT, WorkerConfig
 
     share = round(1 / WorkerConfig.heldout_fraction)
+    if method == GROUPS_METHOD:
+        return (
+            f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
+            f"sorts its corrections by the kind of question (an instruction group) and trains that group's adapter on "
+            f"them and on the group's corrections not learned yet, holding out about 1 in {share} (at least "
+            f"{WorkerConfig.min_heldout} once there are {MIN_ITEMS_TO_HOLD_OUT} or more) to test it on. The new version "
+            f"is served only if it fits what you taught and keeps what the model knew (every group's earlier "
+            f"corrections and the base skills); otherwise the reason is shown, and your corrections stay pending and are "
+            f"trained again with the group's next buffer."
+        )
     return (
         f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
         f"trains a new version on it, holding out about 1 in {share} corrections (at least {WorkerConfig.min_heldout} "
@@ -169,7 +180,7 @@ def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int
 
 
 def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], threshold: int, thumbs: Thumbnails,
-                   max_items: int = 12, max_items_done: int = 3) -> str:
+                   max_items: int = 12, max_items_done: int = 3, method: str = "llaca+groups") -> str:
     if not buffers:
         return "<div class='llaca-empty'>Nothing taught yet. Correct a wrong answer and it appears here.</div>"
     out = []
@@ -194,7 +205,7 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
             f"<span class='llaca-badge llaca-{_e(cls)}'>{_e(words)}</span></div>{bar}"
             f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th><th>what became of it</th></tr>{''.join(rows)}</table>{more}</div>"
         )
-    out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold))}</div>")
+    out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold, method))}</div>")
     return "".join(out)
 
 
@@ -239,11 +250,13 @@ class Panels:
         status = self.status_line()
         ledger = render_ledger(state)
         if state.session_id is None:
-            body = ledger + render_buffers([], [], self.s.settings.buffer_size, self.thumbs)
+            body = ledger + render_buffers([], [], self.s.settings.buffer_size, self.thumbs,
+                                           method=self.s.settings.learn_method)
         else:
             buffers = self.s.store.session_buffers(state.session_id)
             workers = self.s.store.worker_states()
-            body = ledger + render_buffers(buffers, workers, self.s.settings.buffer_size, self.thumbs)
+            body = ledger + render_buffers(buffers, workers, self.s.settings.buffer_size, self.thumbs,
+                                           method=self.s.settings.learn_method)
         return status, f"<div class='llaca-session' data-session='{_e(state.session_id or '')}'>{body}</div>"
 
     def refresh(self, state: SessionState, request: gr.Request = None):

@@ -13,7 +13,7 @@ by a promoted version, versions promoted and rejected, and worker seconds per bu
 
 A configuration is a list of `key=value`: buffer, steps, lr, heldout (held-out share),
 replay (share of each batch replayed from the group's learned corrections; `pool`: the pool's
-own share) and batch.
+own share) and batch; what a configuration does not set is the worker's default.
 """
 
 from __future__ import annotations
@@ -34,16 +34,28 @@ from llaca.world.heldout import heldout  # noqa: E402
 from llaca.worker import LearningWorker, WorkerConfig  # noqa: E402
 
 SIZES = (64, 128)
-DEFAULT_CONFIGS = ("buffer=8 steps=80 lr=3e-4", "buffer=8 steps=80 lr=1e-3", "buffer=16 steps=120 lr=1e-3")
+DEFAULT_CONFIGS = ("", "lr=1e-3", "steps=120", "replay=pool", "buffer=16 steps=120")
+
+
+KINDS = {"buffer": int, "steps": int, "lr": float, "heldout": float, "replay": str, "batch": int}
 
 
 def parse_config(text: str) -> dict:
-    out = {"buffer": 8, "steps": 80, "lr": 3e-4, "heldout": 0.2, "replay": "pool", "batch": 16}
+    """`key=value ...` over the worker's defaults (the app's buffer size, `Settings`, `WorkerConfig`)."""
+    from dataclasses import fields
+
+    from llaca.worker import WorkerConfig
+
+    defaults = {f.name: f.default for f in fields(WorkerConfig)}
+    settings = Settings()
+    out = {"buffer": settings.buffer_size, "steps": settings.learn_steps, "lr": defaults["lr"],
+           "heldout": defaults["heldout_fraction"], "replay": str(defaults["group_replay"] or "pool"),
+           "batch": defaults["batch_size"]}
     for part in text.split():
         key, _, value = part.partition("=")
-        if key not in out:
-            raise SystemExit(f"unknown setting {key!r} in {text!r}; known: {', '.join(out)}")
-        out[key] = value if key == "replay" and value == "pool" else type(out[key] if key != "replay" else 0.0)(value)
+        if key not in KINDS:
+            raise SystemExit(f"unknown setting {key!r} in {text!r}; known: {', '.join(KINDS)}")
+        out[key] = KINDS[key](value)
     return out
 
 
@@ -118,6 +130,7 @@ def main(argv=None) -> int:
     results = []
     for text in args.configs:
         r = run_config(lm, parse_config(text), families, args.per_family, args.eval_n, base)
+        text = text or "defaults"
         results.append({"label": text, **r})
         acc = " ".join(f"{f} {r['accuracy'][f]:.0f}" for f in families + ["color", "shape"])
         print(f"{text:<40} {acc} | learned {r['learned']}/{r['corrections']} | promoted {r['promoted']} rejected "

@@ -116,5 +116,7 @@ def test_the_buffer_panel_says_what_happens_and_who_will_learn_it():
     assert "no learning worker is running" in buffer_status(buffer("ready"), gone, 8)[1]
     reason = "the new task did not improve on its held-out items (0% -> 0%)"
     assert buffer_status(buffer("rejected", reason), live, 8)[1] == f"rejected: {reason}; the served version stays"
-    rule = learning_rule(8)
+    rule = learning_rule(8, "llaca")
     assert "8 corrections or on Teach now" in rule and "1 in 5" in rule and "rarely passes" in rule
+    rule = learning_rule(8)  # the default method: instruction groups
+    assert "8 corrections or on Teach now" in rule and "1 in 5" in rule and "trained again" in rule
