@@ -24,7 +24,6 @@ from .errors import (
     InvalidCorrectionError,
     InvalidInputError,
     LeaseLostError,
-    NotFoundError,
     NothingToTeachError,
 )
 from .queries import (
@@ -36,6 +35,7 @@ from .queries import (
     require_adapter,
     require_answer,
     require_session,
+    set_item_column,
 )
 from .records import SPLITS, BufferItem, BufferState, TaskBuffer, from_row
 from .status import BUFFER_OUTCOMES, BufferStatus
@@ -242,13 +242,7 @@ class Buffers(Conversations):
                                         field="split", value=split)
         with self._conns.write() as db:
             buffer_row(db, buffer_id)
-            now = self._now()
-            for item_id, split in splits.items():
-                cursor = db.execute("UPDATE buffer_items SET split = ?, updated_at = ? WHERE id = ? AND buffer_id = ?",
-                                    [split, now, item_id, buffer_id])
-                if cursor.rowcount != 1:
-                    raise NotFoundError(f"item {item_id!r} is not in task buffer {buffer_id}",
-                                        item_id=item_id, buffer_id=buffer_id)
+            set_item_column(db, buffer_id, "split", dict(splits), self._now())
             return list(items_of(db, buffer_id))
 
     def heldout_items(self, status: str = BufferStatus.PROMOTED) -> list[BufferItem]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from .base import StoreBase
-from .errors import InvalidInputError, NotFoundError
-from .queries import one, require_adapter
+from .errors import InvalidInputError
+from .queries import one, require_adapter, set_item_column
 from .records import BufferItem, from_row
 from .status import BufferStatus
 
@@ -39,13 +39,7 @@ class Outcomes(StoreBase):
                 raise InvalidInputError(f"group of item {item_id} must be a non-empty string, not {group!r}",
                                         field="group_id", value=group)
         with self._conns.write() as db:
-            now = self._now()
-            for item_id, group in groups.items():
-                cur = db.execute("UPDATE buffer_items SET group_id = ?, updated_at = ? WHERE id = ? AND buffer_id = ?",
-                                 [group, now, item_id, buffer_id])
-                if cur.rowcount != 1:
-                    raise NotFoundError(f"item {item_id!r} is not in task buffer {buffer_id}",
-                                        item_id=item_id, buffer_id=buffer_id)
+            set_item_column(db, buffer_id, "group_id", dict(groups), self._now())
 
     def group_items(self, group_id: str) -> list[tuple[BufferItem, str]]:
         """Every item of ``group_id`` with its buffer's status, oldest first."""

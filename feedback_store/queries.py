@@ -16,6 +16,7 @@ from .errors import (
     BufferNotFoundError,
     InvalidFeedbackError,
     MessageNotFoundError,
+    NotFoundError,
     SessionNotFoundError,
     UnknownAdapterError,
 )
@@ -95,3 +96,15 @@ def buffer_row(db: Database, buffer_id: int) -> dict[str, Any]:
 def buffer_with_items(db: Database, buffer_id: int) -> TaskBuffer:
     row = buffer_row(db, buffer_id)
     return from_row(TaskBuffer, row, items=items_of(db, buffer_id))
+
+
+def set_item_column(db: Database, buffer_id: int, column: str, values: dict[int, Any], now: float) -> None:
+    """Set ``column`` of items of ``buffer_id`` ({item id: value}); NotFoundError if an item
+    is not in that buffer (the caller's transaction then writes nothing)."""
+    if column not in ("split", "group_id"):
+        raise ValueError(f"not an item column this sets: {column!r}")
+    for item_id, value in values.items():
+        cursor = db.execute(f"UPDATE buffer_items SET {column} = ?, updated_at = ? WHERE id = ? AND buffer_id = ?",
+                            [value, now, item_id, buffer_id])
+        if cursor.rowcount != 1:
+            raise NotFoundError(f"item {item_id!r} is not in task buffer {buffer_id}", item_id=item_id, buffer_id=buffer_id)
