@@ -51,14 +51,16 @@ from .records import (
     AdapterVersion, BufferItem, BufferState, CleanupReport, Feedback, Message, Session, TaskBuffer, WorkerState, plural,
 )
 from .schema import SCHEMA_VERSION
-from .status import AdapterStatus, BufferStatus, CorrectionState, Split, WorkerActivity, correction_status
+from .status import (
+    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, Split, WorkerActivity, correction_status,
+)
 from .store import FeedbackStore
 
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback",
     "Message", "Session", "TaskBuffer", "WorkerState", "plural",
-    "AdapterStatus", "BufferStatus", "CorrectionState", "Split", "WorkerActivity", "correction_status",
+    "MAX_REFUSALS", "AdapterStatus", "BufferStatus", "CorrectionState", "Split", "WorkerActivity", "correction_status",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",
     "InvalidEncodingError", "InvalidFeedbackError", "InvalidImageError", "InvalidInputError",

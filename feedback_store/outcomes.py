@@ -74,16 +74,18 @@ class Outcomes(StoreBase):
                                       "WHERE id = ? AND learned_in IS NULL", [version, now, item_id]).rowcount
             return changed
 
-    def mark_pending(self, item_ids: Iterable[int], reason: str) -> int:
-        """Say why these items are not learned yet (items already learned are left alone)."""
+    def mark_pending(self, item_ids: Iterable[int], reason: str, refused: bool = False) -> int:
+        """Say why these items are not learned yet (items already learned are left alone);
+        ``refused``: a run that trained on them was refused by the guard (counted)."""
         ids = _ids(item_ids)
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInputError("a pending item needs a reason", field="reason", value=reason)
         with self._conns.write() as db:
             now, changed = self._now(), 0
             for item_id in ids:
-                changed += db.execute("UPDATE buffer_items SET pending_reason = ?, updated_at = ? "
-                                      "WHERE id = ? AND learned_in IS NULL", [reason[:4000], now, item_id]).rowcount
+                changed += db.execute("UPDATE buffer_items SET pending_reason = ?, refusals = refusals + ?, "
+                                      "updated_at = ? WHERE id = ? AND learned_in IS NULL",
+                                      [reason[:4000], int(refused), now, item_id]).rowcount
             return changed
 
     def train_on(self, item_ids: Iterable[int]) -> None:

@@ -103,6 +103,7 @@ class BufferItem:
     group_id: str | None = None  # the instruction group the worker assigned it to (routed learning)
     learned_in: str | None = None  # the promoted version that learned it
     pending_reason: str | None = None  # why it is not learned yet, once a run has tried
+    refusals: int = 0  # runs that trained on it and were refused by the guard
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ CREATE TABLE buffer_items (
     group_id TEXT,
     learned_in TEXT REFERENCES adapter_versions(version),
     pending_reason TEXT,
+    refusals INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );

@@ -21,7 +21,10 @@ trained on (``Split.TRAIN``). What became of it (``correction_status``, ``Correc
                  instruction groups, held out and answered right)
     held out     single-adapter methods: it tested the promoted version of its buffer
     pending      not learned yet (``pending_reason`` or the buffer's rejection); with
-                 instruction groups it is trained again by its group's next run
+                 instruction groups it is trained again by its group's next run, until the
+                 guard has refused ``MAX_REFUSALS`` runs that trained on it (a correction
+                 that keeps failing, like "every colour is blue", must not hold its group
+                 back forever); it then stays unlearned, with the reason
 
 Adapter versions (``adapter_versions.status``)::
 
@@ -74,6 +77,10 @@ class WorkerActivity(StrEnum):
     STOPPED = "stopped"
 
 
+MAX_REFUSALS = 3
+"""Guard refusals after which a correction is no longer trained again automatically."""
+
+
 class CorrectionState(StrEnum):
     QUEUED = "queued"
     TRAINING = "training"
@@ -91,6 +98,9 @@ def correction_status(item, buffer) -> tuple[CorrectionState, str]:
     if buffer.status == BufferStatus.TRAINING:
         return CorrectionState.TRAINING, "being learned now"
     if item.pending_reason:
+        if item.refusals >= MAX_REFUSALS:
+            return CorrectionState.PENDING, (f"not retried: the guard refused the {item.refusals} runs that trained "
+                                             f"on it; the last said: {item.pending_reason}")
         return CorrectionState.PENDING, item.pending_reason
     if buffer.status == BufferStatus.PROMOTED:
         if item.split == Split.HELDOUT:

@@ -10,7 +10,8 @@ one), and each group in the buffer gets its own run:
    (`llaca+replay`); a new group is trained fresh (`seq`), as the paper's ICML version does.
    The run's training set is the buffer's new training items of the group plus every
    *pending* item of the group: corrections of rejected runs, and held-out items the served
-   version still answered wrong. Nothing a user taught is dropped.
+   version still answered wrong. Nothing a user taught is dropped, except that a correction
+   in `MAX_REFUSALS` refused runs is no longer retried (it stays, unlearned, with the reason).
 2. **Guard** the routed system (`llaca.guard.decide_paired`): the candidate is the served
    system with this group's adapter replaced; both answer, through their own routing, what
    the run was taught, the group's held-out items pooled over all its buffers, every other
@@ -44,7 +45,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-from feedback_store import AdapterStatus, BufferStatus, Split, WorkerActivity
+from feedback_store import MAX_REFUSALS, AdapterStatus, BufferStatus, Split, WorkerActivity
 
 from .adapter_files import staging_dir
 from .adapter_metrics import AdapterMetrics
@@ -158,7 +159,7 @@ def _record_outcome(store, version: str, promoted: bool, reason: str, items: dic
     else:
         store.mark_pending(items.get("trained", []) + items.get("heldout_right", []) + items.get("heldout_wrong", []),
                            f"not learned yet: {version} was {reason}; it is trained again with this group's next "
-                           "corrections")
+                           "corrections", refused=True)
 
 
 def process_groups(worker, buffer, lost: threading.Event) -> str:
@@ -192,7 +193,7 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     rows = [(it, st) for it, st in store.group_items(group) if it.image_sha256]
     mine = [it for it, _ in rows if it.buffer_id == buffer.id]
     earlier = [it for it, st in rows if it.buffer_id != buffer.id and st in (BufferStatus.PROMOTED, BufferStatus.REJECTED)]
-    pending = [it for it in earlier if it.learned_in is None]
+    pending = [it for it in earlier if it.learned_in is None and it.refusals < MAX_REFUSALS]
     if pending_held := [it.id for it in pending if it.split == Split.HELDOUT]:
         store.train_on(pending_held)  # trained now, so no longer held out
     train = [it for it in mine if it.split == Split.TRAIN] + pending

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from feedback_store import AdapterStatus, BufferStatus, CorrectionState, FeedbackStore, correction_status
+from feedback_store import (
+    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, FeedbackStore, correction_status,
+)
 from llaca.adapter_files import publish, staging_dir
 from llaca.config import Settings
 from llaca.evaluate import is_correct
@@ -190,6 +192,13 @@ def test_each_correction_has_one_outcome(tmp_path):
     with pytest.raises(Exception):
         store.mark_learned([items[3].id], "v9")  # no such version: nothing changes
     assert store.learned_share() == (2, 4)
+    # a correction the guard keeps refusing is retried MAX_REFUSALS times, then left with its reason
+    for k in range(MAX_REFUSALS):
+        assert store.mark_pending([items[3].id], f"refused {k}", refused=True) == 1
+    item = store.get_buffer(buffer_id).items[3]
+    assert item.refusals == MAX_REFUSALS and item.learned_in is None
+    state, words = correction_status(item, store.get_buffer(buffer_id))
+    assert state == CorrectionState.PENDING and words.startswith("not retried") and "refused 2" in words
 
 
 # -- the worker and the assistant on the tiny model -----------------------------------------
