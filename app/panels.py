@@ -28,6 +28,7 @@ from feedback_store import (
     AdapterStatus, AdapterVersion, BufferStatus, TaskBuffer, WorkerActivity, WorkerState, correction_status, plural,
 )
 from llaca.adapter_metrics import AdapterMetrics
+from llaca.group_learning import GROUPS_METHOD
 from llaca.liveness import classify
 from llaca.plots import matrix_heatmap
 
@@ -125,9 +126,8 @@ def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
     return max(0.0, min(1.0, w.detail["step"] / w.detail["total"]))
 
 
-def learning_rule(threshold: int, method: str = "llaca+groups") -> str:
+def learning_rule(threshold: int, method: str = GROUPS_METHOD) -> str:
     """What happens to a buffer, in a user's words (the worker's split and the guard)."""
-    from llaca.group_learning import GROUPS_METHOD
     from llaca.worker import MIN_ITEMS_TO_HOLD_OUT, WorkerConfig
 
     share = round(1 / WorkerConfig.heldout_fraction)
@@ -180,7 +180,7 @@ def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int
 
 
 def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], threshold: int, thumbs: Thumbnails,
-                   max_items: int = 12, max_items_done: int = 3, method: str = "llaca+groups") -> str:
+                   max_items: int = 12, max_items_done: int = 3, method: str = GROUPS_METHOD) -> str:
     if not buffers:
         return "<div class='llaca-empty'>Nothing taught yet. Correct a wrong answer and it appears here.</div>"
     out = []

@@ -197,7 +197,7 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
                     seen.add(b["id"])
                     report["buffers"].append({"family": family, "buffer": b["id"], "size": len(b["items"]),
                                               "status": b["status"], "version": b["adapter_version"],
-                                              "reason": b["reason"], "seconds_to_decision": None})
+                                              "reason": b["reason"]})
             report["first_correct"][family] = round(learned_at, 1) if learned_at is not None else None
             row = {f: accuracy(chatter, images, f, args.eval_n, 100 + k2)[0] for k2, f in enumerate(all_families)}
             report["rows"].append({"after": family, **row})

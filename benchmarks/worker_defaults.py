@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feedback_store import FeedbackStore  # noqa: E402
+from feedback_store import FeedbackStore, NothingToTeachError  # noqa: E402
 from llaca.config import Settings  # noqa: E402
 from llaca.group_learning import routed_hits, served_system  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
@@ -72,7 +72,7 @@ def teach(store, family: str, n: int, buffer: int, seed: int) -> None:
         store.add_correction(session.id, a.id, s.answer, ready_threshold=buffer)
     try:
         store.mark_ready(session.id)  # a last partial buffer
-    except Exception:
+    except NothingToTeachError:  # the corrections filled whole buffers
         pass
 
 

@@ -53,9 +53,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def worker_methods() -> tuple[str, ...]:
     """What the learning worker can train with: the tuner's methods, and instruction groups."""
+    from .continual import GROUPS
     from .tuner import METHODS
 
-    return (*METHODS, "llaca+groups")
+    return (*METHODS, GROUPS)
 
 
 class SettingsError(ValueError):
@@ -77,7 +78,7 @@ class Settings:
     threads: int | None = None
     poll_seconds: float = 2.0
     worker: bool = True
-    learn_method: str = "llaca+groups"
+    learn_method: str = "llaca+groups"  # llaca.continual.GROUPS (not imported here: it pulls in torch)
     learn_steps: int = 80
     guard_margin: float = 5.0
     idle_ready: float = 900.0

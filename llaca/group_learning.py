@@ -49,16 +49,16 @@ from feedback_store import MAX_REFUSALS, AdapterStatus, BufferStatus, Split, Wor
 
 from .adapter_files import staging_dir
 from .adapter_metrics import AdapterMetrics
-from .evaluate import is_correct
+from .continual import GROUPS
 from .groups import InstructionCodebook
 from .guard import EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
-from .routed import RoutedModel
+from .routed import routed_correct
 from .routed_system import RoutedSystem, is_routed_system
 from .tuner import TuneConfig, library_versions
 
 log = logging.getLogger(__name__)
 
-GROUPS_METHOD = "llaca+groups"
+GROUPS_METHOD = GROUPS  # the method name, defined once in llaca.continual
 WORKER_CODEBOOK = "codebook.json"  # in adapters/: the worker's codebook of every group ever assigned
 LOCK_FILE = ".groups.lock"  # in adapters/: serialises codebook updates and promotions between workers
 
@@ -98,14 +98,12 @@ def served_system(store) -> tuple[object | None, RoutedSystem]:
 
 def routed_hits(lm, system: RoutedSystem, sets: list[list]) -> list[list[bool]]:
     """Per sample of each set: does `system` (routing included) answer it right?"""
-    out = []
-    with RoutedModel(lm.model, {system.adapter_name(g): p for g, p in system.adapters.items()}) as routed:
-        for samples in sets:
-            routes = [system.route(s.question) for s in samples]
-            names = [system.adapter_name(r) if r else None for r in routes]
-            answers = routed.answer(lm.processor, samples, names) if samples else []
-            out.append([is_correct(a, s.answer) for a, s in zip(answers, samples)])
-    return out
+    def route(question: str) -> str | None:
+        group = system.route(question)
+        return system.adapter_name(group) if group else None
+
+    adapters = {system.adapter_name(g): p for g, p in system.adapters.items()}
+    return [correct for _, correct in routed_correct(lm.model, lm.processor, adapters, route, sets)]
 
 
 def assign_groups(worker, buffer, items) -> dict[int, str]:

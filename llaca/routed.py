@@ -6,8 +6,9 @@ routes to, or by the base model (adapters disabled) when it routes to no group. 
 groups share no trainable weights, so teaching one cannot change another's answers.
 
 `RoutedModel` is a context manager: on exit the adapter layers are removed and the base
-model is left as it was. `evaluate_routed` scores sample sets through it, batching the
-questions of each route together.
+model is left as it was. `routed_correct` answers sample sets through it (per item: the route
+and whether the answer is right), batching the questions of each route; `evaluate_routed`
+sums that into accuracy and route counts.
 """
 
 from __future__ import annotations
@@ -69,17 +70,25 @@ class RoutedModel:
         return answers  # type: ignore[return-value]
 
 
+def routed_correct(base, processor, adapters: Mapping[str, Path | str], route: Router,
+                   sets: Sequence[Sequence[VQASample]]) -> list[tuple[list[str | None], list[bool]]]:
+    """For each sample set: (each sample's route, whether its routed answer is right)."""
+    out = []
+    with RoutedModel(base, adapters) as routed:
+        for samples in sets:
+            routes = [route(s.question) for s in samples]
+            answers = routed.answer(processor, samples, routes) if samples else []
+            out.append((routes, [is_correct(a, s.answer) for a, s in zip(answers, samples)]))
+    return out
+
+
 def evaluate_routed(base, processor, adapters: Mapping[str, Path | str], route: Router,
                     sets: Sequence[Sequence[VQASample]]) -> list[dict]:
     """For each sample set: {"accuracy": %, "routes": {group or "base": n}} through routing."""
     results = []
-    with RoutedModel(base, adapters) as routed:
-        for samples in sets:
-            routes = [route(s.question) for s in samples]
-            answers = routed.answer(processor, samples, routes)
-            correct = [is_correct(a, s.answer) for a, s in zip(answers, samples)]
-            counts: dict[str, int] = {}
-            for r in routes:
-                counts[r or "base"] = counts.get(r or "base", 0) + 1
-            results.append({"accuracy": round(100.0 * sum(correct) / max(1, len(correct)), 2), "routes": counts})
+    for routes, correct in routed_correct(base, processor, adapters, route, sets):
+        counts: dict[str, int] = {}
+        for r in routes:
+            counts[r or "base"] = counts.get(r or "base", 0) + 1
+        results.append({"accuracy": round(100.0 * sum(correct) / max(1, len(correct)), 2), "routes": counts})
     return results

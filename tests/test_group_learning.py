@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from feedback_store import (
-    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, FeedbackStore, correction_status,
+    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, FeedbackStore, UnknownAdapterError, correction_status,
 )
 from llaca.adapter_files import publish, staging_dir
 from llaca.config import Settings
@@ -26,7 +26,11 @@ from llaca.world.heldout import heldout
 from tests.conftest import TINY
 from tests.worker_helpers import teach
 
-GROUPS = "llaca+groups"
+from llaca.continual import GROUPS  # noqa: E402
+
+
+def test_instruction_groups_are_the_default_method():
+    assert Settings().learn_method == GROUPS
 
 
 # -- the gate ------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def test_each_correction_has_one_outcome(tmp_path):
     assert [i.group_id for i in buf.items] == ["g1"] * 4
     assert store.learned_share() == (2, 4)
     assert [it.id for it, st in store.group_items("g1")] == [i.id for i in items]
-    with pytest.raises(Exception):
+    with pytest.raises(UnknownAdapterError):
         store.mark_learned([items[3].id], "v9")  # no such version: nothing changes
     assert store.learned_share() == (2, 4)
     # a correction the guard keeps refusing is retried MAX_REFUSALS times, then left with its reason
