@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -44,6 +43,8 @@ def start_learning_worker(settings, store):
 def main(argv: list[str] | None = None) -> int:
     from llaca.config import Settings, SettingsError
 
+    from app.lifecycle import PortBusyError, Shutdown, busy_port_message, check_port
+
     try:
         settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
     except SettingsError as e:
@@ -51,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings.configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        check_port(settings.host, settings.port)  # before minutes of model loading, not after
+    except PortBusyError as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 1
+    # SIGTERM (a service manager, a Space restart, `kill`) and Ctrl+C stop the app the same way:
+    # while loading they end start-up; once serving, one bounded sequence (app.lifecycle).
+    shutdown = Shutdown()
+    shutdown.install()
     if settings.threads:
         import torch
 
@@ -65,25 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, StoreError) as e:
         print(f"app.py: {user_message(e)}", file=sys.stderr)
         return 1
-    # SIGTERM (a service manager, a Space restart, `kill`) stops like Ctrl+C: Gradio closes the
-    # server, then the learning worker marks itself stopped so the status line forgets it.
-    signal.signal(signal.SIGTERM, _interrupt)
-    services.worker = start_learning_worker(settings, services.store)
-    try:
-        demo = build_app(services)
-        demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
-        log.info("serving %s on http://%s:%d (data in %s)", settings.model, settings.host, settings.port, settings.data_dir)
-        demo.launch(**launch_kwargs(services))
     except KeyboardInterrupt:
-        pass
-    finally:
-        if services.worker is not None:
-            services.worker.shutdown(timeout=5)
+        log.info("stopped (%s) while starting", shutdown.signal_name)
+        return 0
+    shutdown.serving = True  # from here on a signal only asks; the main thread does the stopping
+    services.worker = start_learning_worker(settings, services.store)
+    demo = build_app(services)
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
+    try:
+        demo.launch(**launch_kwargs(services), prevent_thread_lock=True)
+    except OSError as e:  # the port was taken between the check and the bind
+        print(f"app.py: error: {busy_port_message(settings.host, settings.port)} ({e})", file=sys.stderr)
+        shutdown.run(demo, services, exit_code=1)
+    if not shutdown.requested.is_set():
+        log.info("serving %s on http://%s:%d (data in %s)", settings.model, settings.host, demo.server_port,
+                 settings.data_dir)
+        shutdown.wait()
+    shutdown.run(demo, services)  # exits the process
     return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

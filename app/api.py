@@ -107,21 +107,21 @@ class ApiHandlers:
         conv.last_id = msg.id
         turns = list(conv.turns) + [(question, None)]
         text, served = "", ServedBy(self.s.assistant.version)
+        inflight = self.s.answers.begin(session, msg.id, {**params.to_dict(), "via": "api"}, served)
         try:
             image_pil = self.s.images.get(conv.image)
             with self.s.generation(session_key(request, state)) as stop:
                 stream = self.s.assistant.stream(turns, image_pil, params, stop)
                 for text, served in paced(item for item in stream if item[0].strip()):
+                    self.s.answers.progress(inflight, text, served)
                     yield text, "", served.version
                 stopped = stop.requested
         except Exception as e:
+            self.s.answers.abandon(inflight)
             raise _fail(e, "answering") from e
         text = text.strip()
         try:
-            answer = self.s.store.record_answer(
-                session, msg.id, text, adapter_version=None if served.version == BASE else served.version,
-                gen_params={**params.to_dict(), "stopped": stopped, "via": "api"}, adapter_group=served.group,
-            )
+            answer = self.s.answers.finish(inflight, text, served, stopped)
         except Exception as e:
             raise _fail(e, "saving the answer") from e
         conv.turns.append((question, text))

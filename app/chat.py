@@ -17,7 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from llaca.model import GenerationParams
-from llaca.serving import BASE, ServedBy
+from llaca.serving import ServedBy
 
 from .errors import UserError, user_message
 from .history import (
@@ -135,10 +135,14 @@ class ChatHandlers:
         state.messages.append(meta)
         yield list(messages)
         text, served, stopped = "", ServedBy(self.s.assistant.version), False
+        inflight = (self.s.answers.begin(state.session_id, question_id, params.to_dict(), served)
+                    if question_id is not None else None)
         try:
             with self.s.generation(key) as stop:
                 stream = self.s.assistant.stream(pairs, image, params, stop)
                 for text, served in paced(item for item in stream if item[0].strip()):
+                    if inflight is not None:
+                        self.s.answers.progress(inflight, text, served)
                     if state.epoch != epoch:  # Undo/Clear took this turn away: stop, keep it in the store
                         stop.set()
                         continue
@@ -146,6 +150,8 @@ class ChatHandlers:
                     yield list(messages)
                 stopped = stop.requested
         except Exception as e:
+            if inflight is not None:
+                self.s.answers.abandon(inflight)
             gr.Warning(user_message(e, "answering") + " Your question is kept: press Regenerate to try again.")
             if state.epoch == epoch:
                 messages.pop()
@@ -155,14 +161,9 @@ class ChatHandlers:
         text = text.strip()
         version = served.version
         meta.version, meta.group, meta.stopped = version, served.group, stopped
-        if question_id is not None:
+        if inflight is not None:
             try:
-                answer = self.s.store.record_answer(
-                    state.session_id, question_id, text,
-                    adapter_version=None if version == BASE else version,
-                    gen_params={**params.to_dict(), "stopped": stopped}, adapter_group=served.group,
-                )
-                meta.id = answer.id
+                meta.id = self.s.answers.finish(inflight, text, served, stopped).id
             except Exception as e:
                 gr.Warning(f"The answer is shown but could not be saved: {user_message(e, 'saving the answer')}")
         if state.epoch != epoch:

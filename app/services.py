@@ -2,7 +2,7 @@
 
 ``create_services`` loads the model and opens the feedback store; ``Services`` also owns the
 per-session stop events (the Stop button sets the ``threading.Event`` that the model's
-stopping criterion checks), a small cache of conversation images (decoded once, not per
+stopping criterion checks), the answers in flight (``app.answers``), a small cache of conversation images (decoded once, not per
 token), and the examples. Handlers receive it explicitly (no module globals).
 """
 
@@ -24,6 +24,7 @@ from llaca.config import Settings
 from llaca.model import LoadedModel, load_model
 from llaca.serving import BASE, Assistant, ServedVersion
 
+from .answers import AnswersInFlight
 from .examples import Example, make_examples
 from .state import SessionState
 
@@ -59,10 +60,12 @@ class StopEvents:
                 if not events:
                     del self._events[key]
 
-    def stop(self, key: str) -> int:
-        """Set every running generation's event of this session; returns how many."""
+    def stop(self, key: str | None = None) -> int:
+        """Set every running generation's event of this session (of every session when
+        ``key`` is None, at shutdown); returns how many."""
         with self._lock:
-            events = list(self._events.get(key, ()))
+            events = list(self._events.get(key, ()) if key is not None else
+                          (e for evs in self._events.values() for e in evs))
         for e in events:
             e.requested = True
             e.set()
@@ -139,10 +142,13 @@ class Services:
     stops: StopEvents = field(default_factory=StopEvents)
     images: ImageCache | None = None
     worker: object | None = None  # what start_learning_worker returned (see app.py)
+    answers: AnswersInFlight | None = None
 
     def __post_init__(self) -> None:
         if self.images is None:
             self.images = ImageCache(self.store)
+        if self.answers is None:
+            self.answers = AnswersInFlight(self.store)
 
     @property
     def model_name(self) -> str:

@@ -6,6 +6,7 @@ Life of a buffer::
     ready --claim (lease; attempts + 1)--> training --finish--> promoted | rejected
     training, lease expired --claim--> ready (and claimed again)
     training, lease expired, attempts >= max_claim_attempts --same--> rejected
+    training --release (the worker is stopping; the attempt is not counted)--> ready
 
 A session has at most one open buffer (a unique index enforces it). Claiming runs in
 ``BEGIN IMMEDIATE``, so two workers - threads or processes - never get the same buffer.
@@ -205,6 +206,17 @@ class Buffers(Conversations):
             now = self._now()
             db["task_buffers"].update(buffer_id, {"lease_until": now + lease, "updated_at": now})
         return now + lease
+
+    def release_claim(self, buffer_id: int, worker_id: str) -> TaskBuffer:
+        """Give a claimed buffer back to the queue untrained (the worker is stopping): it is
+        ready again at once, and this attempt does not count against it. LeaseLostError if
+        ``worker_id`` no longer holds it."""
+        with self._conns.write() as db:
+            self._require_claim(db, buffer_id, worker_id)
+            row = buffer_row(db, buffer_id)
+            db["task_buffers"].update(buffer_id, {"status": "ready", "claimed_by": None, "lease_until": None,
+                                                  "attempts": max(0, row["attempts"] - 1), "updated_at": self._now()})
+            return buffer_with_items(db, buffer_id)
 
     def finish_claim(
         self, buffer_id: int, worker_id: str, status: str, reason: str | None = None,

@@ -63,7 +63,8 @@ TRAINING_DIR = "training"
 
 
 class LeaseLost(RuntimeError):
-    """Another worker took this buffer over (our lease expired); abandon the run."""
+    """Another worker took this buffer over (our lease expired), or this worker is stopping;
+    abandon the run."""
 
 
 def sweep_training_dirs(training_dir: Path) -> list[Path]:
@@ -133,6 +134,7 @@ class LearningWorker:
         self._lm = lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
+        self._abort: threading.Event | None = None  # the running buffer's "abandon it" event
         self.thread: threading.Thread | None = None  # set by start_background
         self._state_lock = threading.Lock()
         self._last_state: tuple[str, dict] = (WorkerActivity.STARTING, {})
@@ -188,8 +190,12 @@ class LearningWorker:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the loop, wait up to ``timeout`` s for it, and mark this worker stopped in the
-        store. A buffer it was training returns to the queue when its lease expires."""
+        store. A buffer it was training is abandoned at the next training step and given back
+        to the queue untrained (``release_claim``); if the thread does not get there in time,
+        the buffer returns when its lease expires. Nothing a user taught is lost either way."""
         self.stop.set()
+        if (abort := self._abort) is not None:
+            abort.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
         self.close()
@@ -289,9 +295,22 @@ class LearningWorker:
 
         hb = threading.Thread(target=heartbeat, name=f"lease-{buffer.id}", daemon=True)
         hb.start()
+        self._abort = lost  # shutdown() sets it: the run stops at its next check, as if the lease were lost
+        if self.stop.is_set():
+            lost.set()
         try:
             return self._process(buffer, lost)
+        except LeaseLost:
+            if not self.stop.is_set():
+                raise
+            try:
+                store.release_claim(buffer.id, cfg.worker_id)
+                log.info("buffer %s given back to the queue untrained: the worker is stopping", buffer.id)
+            except Exception:  # lost meanwhile: it returns when the lease expires
+                log.info("buffer %s returns to the queue when its lease expires", buffer.id)
+            return "released"
         finally:
+            self._abort = None
             heartbeat_stop.set()
             hb.join(timeout=5)
 
