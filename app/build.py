@@ -50,6 +50,8 @@ CSS = """
 
 def launch_kwargs(services: Services) -> dict[str, Any]:
     """Options for ``demo.launch`` (Gradio 6: theme and css belong here, not in Blocks)."""
+    from . import file_access
+
     s = services.settings
     return {
         "server_name": s.host,
@@ -59,6 +61,10 @@ def launch_kwargs(services: Services) -> dict[str, Any]:
         "show_error": True,
         "allowed_paths": [str((s.data_dir / "examples").absolute())],
         "max_file_size": "25mb",
+        # uploads are served only under an unguessable per-upload path (app/file_access.py);
+        # no static-file worker processes, which would serve the temp dir around that check
+        "app_kwargs": {"middleware": [file_access.middleware()]},
+        "num_workers": 0,
     }
 
 
