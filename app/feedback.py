@@ -19,7 +19,7 @@ from llaca.group_learning import GROUPS_METHOD
 
 from .chat import align, chatbot_update
 from .errors import UserError, user_message
-from .history import Turn, last_index, to_messages
+from .history import Turn, last_index, normalize_message, to_messages
 from .panels import too_small_to_test
 from .services import Services
 from .state import SessionState
@@ -152,12 +152,26 @@ class FeedbackHandlers:
         return state, selection, box, new_target, ack
 
     def _correct(self, state: SessionState, turns: list[Turn], i: int | None, text: str):
+        """Store ``text`` as the correction of answer ``i`` and show it in the chat under the
+        model's answer, which stays visible, struck through (a later correction replaces
+        the earlier one, the model's answer stays)."""
         meta = self._answer_meta(state, turns, i)
         result = self.s.store.add_correction(
             state.session_id, meta.id, text, ready_threshold=self.s.settings.buffer_size
         )
         meta.feedback = "corrected"
+        turn = turns[i]
+        if turn.original is None:
+            turn.original = turn.text or self._stored_text(state, meta.id)
+        turn.text = text
         return result
+
+    def _stored_text(self, state: SessionState, message_id: str) -> str:
+        try:
+            return self.s.store.get_message(state.session_id, message_id).text
+        except Exception:  # only for display: the correction itself is saved
+            log.warning("could not read answer %s back from the store", message_id, exc_info=True)
+            return ""
 
     def edit(self, history, state: SessionState, data: gr.EditData):
         """An edit in place: on an answer it is a correction; on a question the question is
@@ -176,13 +190,21 @@ class FeedbackHandlers:
             del turns[i + 1:]
             state.reask = i
             return chatbot_update(to_messages(turns), state), state, "Asking your edited question again…"
+        # the answer as it was shown before the edit (the model's answer, or it and a
+        # correction); the edited text may still hold both, then its correction part counts
+        previous = _text_of(data.previous_value)
+        if previous.strip():
+            turns[i] = normalize_message({"role": "assistant", "content": previous})
+        else:  # not sent: show the stored answer again
+            meta = state.messages[i]
+            stored = self._stored_text(state, meta.id) if meta.id and state.session_id else ""
+            turns[i] = Turn("assistant", stored)
+        new_text = normalize_message({"role": "assistant", "content": new_text}).text.strip()
         try:
             result = self._correct(state, turns, i, new_text)
         except Exception as e:
-            gr.Warning(user_message(e, "saving your correction"))
-            turns[i].text = str(_text_of(data.previous_value))  # put the answer back as it was
+            gr.Warning(user_message(e, "saving your correction"))  # the answer is put back as it was
             return chatbot_update(to_messages(turns), state), state, gr.skip()
-        turns[i].text = new_text
         state.selected = i
         ack = buffer_ack(result.size, result.status)
         gr.Info(ack, duration=5)
@@ -191,8 +213,8 @@ class FeedbackHandlers:
     def save_correction(self, text, target, history, state: SessionState):
         """The "Correct this answer" box: store the right answer for the answer the box is tied
         to (``target``, its store id as the page holds it, never whatever is selected now) and
-        show it in the chat. A refusal stays in the acknowledgement line until the next action.
-        Outputs: correction box, chatbot, state, acknowledgement."""
+        show it in the chat below the model's answer. A refusal stays in the acknowledgement
+        line until the next action. Outputs: correction box, chatbot, state, acknowledgement."""
         turns = align(history, state)
         text = str(text or "").strip()
         target = str(target or "")
@@ -210,7 +232,6 @@ class FeedbackHandlers:
             reason = user_message(e, "saving your correction")
             gr.Warning(reason)
             return gr.skip(), gr.skip(), state, f"⚠️ Not saved: {reason}"
-        turns[i].text = text
         ack = buffer_ack(result.size, result.status)
         gr.Info(ack, duration=5)
         return "", chatbot_update(to_messages(turns), state), state, f"✏️ Answer #{state.answer_number(i)} corrected. {ack}"

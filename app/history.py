@@ -7,6 +7,11 @@ or ``ChatMessage`` objects. ``normalize`` turns any of them into a list of ``Tur
 text, files); ``user_message``/``assistant_message`` build what the app sends back (one
 chatbot message per store message, so chatbot indices map 1:1 to store ids).
 
+A corrected answer stays one chatbot message that shows both texts: the model's answer
+struck through, then the correction (``corrected_message``). ``normalize`` reads such a
+message back as a ``Turn`` whose ``text`` is the correction (what the model's context and
+the correction box see) and whose ``original`` is the model's answer.
+
 ``context`` finds the conversation a question belongs to: the most recent user message
 with an image starts a context (a new image starts a new one), and the (question, answer)
 pairs since then are what the model sees.
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 CURSOR = " ▌"
+CORRECTED_PREFIX = "**Model's answer (corrected):** "
+CORRECTION_MARK = "\n\n✏️ **Correction:** "
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Turn:
     role: str
     text: str = ""
     files: list[str] = field(default_factory=list)
+    original: str | None = None  # a corrected answer: the model's own answer (``text`` is the correction)
 
     @property
     def has_image(self) -> bool:
@@ -90,7 +98,12 @@ def normalize_message(message: Any) -> Turn:
         path = _file_path(part)
         if path:
             files.append(path)
-    return Turn(role=role, text="\n".join(t for t in texts if t), files=files)
+    text = "\n".join(t for t in texts if t)
+    if role == "assistant":
+        parsed = parse_corrected(text)
+        if parsed is not None:
+            return Turn(role=role, text=parsed[1], files=files, original=parsed[0])
+    return Turn(role=role, text=text, files=files)
 
 
 def normalize(history: Sequence[Any] | None) -> list[Turn]:
@@ -111,12 +124,45 @@ def assistant_message(text: str, streaming: bool = False) -> dict:
     return {"role": "assistant", "content": (text + CURSOR) if streaming else (text or "…")}
 
 
+def _strike(text: str) -> str:
+    """Markdown strikethrough of each line of ``text`` (its own ``~`` escaped)."""
+    lines = (text.strip() or "…").replace("~", "\\~").split("\n")
+    return "\n".join(f"~~{line.strip()}~~" if line.strip() else "" for line in lines)
+
+
+def _unstrike(text: str) -> str:
+    lines = []
+    for line in text.split("\n"):
+        if line.startswith("~~") and line.endswith("~~") and len(line) >= 4:
+            line = line[2:-2]
+        lines.append(line.replace("\\~", "~"))
+    return "\n".join(lines)
+
+
+def corrected_message(original: str, correction: str) -> dict:
+    """An answer the user corrected: the model's answer, struck through and marked as
+    corrected, and the correction right after it, in the same chatbot message."""
+    return {"role": "assistant", "content": f"{CORRECTED_PREFIX}{_strike(original)}{CORRECTION_MARK}{correction}"}
+
+
+def parse_corrected(text: str) -> tuple[str, str] | None:
+    """(original, correction) of a message built by ``corrected_message``; None for any other text."""
+    if not text.startswith(CORRECTED_PREFIX):
+        return None
+    original, mark, correction = text[len(CORRECTED_PREFIX):].partition(CORRECTION_MARK)
+    if not mark:
+        return None
+    return _unstrike(original), correction
+
+
 def to_messages(turns: Sequence[Turn]) -> list[dict]:
     """Turns back to chatbot messages (what handlers return)."""
     out = []
     for t in turns:
         if t.role == "user":
             out.append(user_message(t.text, t.files[0] if t.files else None))
+        elif t.original is not None:
+            out.append(corrected_message(t.original, t.text))
         else:
             out.append(assistant_message(t.text))
     return out

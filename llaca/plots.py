@@ -9,20 +9,37 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+MISSING = "–"  # the label of a cell with no figure
+MISSING_NOTE = f"{MISSING} (grey): no figure, not evaluated"
+MISSING_COLOR = "#d9d9d9"
+
 
 def matrix_heatmap(ax, matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], title: str) -> None:
-    """R[j][i]: rows = after training task j, columns = accuracy on task i (percent)."""
-    data = [[float("nan") if v is None else v for v in row] for row in matrix]
-    ax.imshow(data, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    """R[j][i]: rows = after training task j, columns = accuracy on task i (percent).
+
+    A cell with no figure (None, NaN, or a row shorter than the others) is grey and labelled
+    ``MISSING``, with a note under the axis, so it cannot be read as 0 or as a rendering gap."""
+    width = max([len(tasks), *(len(row) for row in matrix)])
+    data = [[float("nan") if v is None else float(v) for v in row] + [float("nan")] * (width - len(row)) for row in matrix]
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOR)
+    ax.imshow(np.ma.masked_invalid(np.array(data, dtype=float).reshape(len(data), width)),
+              vmin=0, vmax=100, cmap=cmap, aspect="auto")
+    missing = False
     for j, row in enumerate(data):
         for i, v in enumerate(row):
             if v == v:  # not nan
                 ax.text(i, j, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+            else:
+                ax.text(i, j, MISSING, ha="center", va="center", fontsize=7, color="#555555")
+                missing = True
+    if missing:
+        ax.set_xlabel(MISSING_NOTE, fontsize=7, color="#555555")
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(data)), [f"after {t}" for t in tasks[: len(data)]], fontsize=7)
     ax.set_title(title, fontsize=9)

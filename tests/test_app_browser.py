@@ -147,7 +147,9 @@ def test_ask_thumbs_down_correct_and_see_the_buffer(page, server, images, tmp_pa
     expect(panel).to_contain_text("collecting (1/8")
     expect(panel).to_contain_text("#2 base")  # the version that answered
     assert panel.locator("img").count() == 1  # the image's thumbnail
-    expect(bots.nth(1)).to_have_text(fix)
+    # the model's answer stays visible, struck through, with the correction after it
+    expect(bots.nth(1)).to_contain_text(f"Correction: {fix}")
+    expect(bots.nth(1).locator("del").first).to_contain_text(answer.splitlines()[0].strip())
     screenshot(page, "chat.png", tmp_path)
 
     session = panel.locator("[data-session]").get_attribute("data-session")
@@ -259,7 +261,8 @@ def test_the_correction_box_is_tied_to_the_answer_shown_as_selected(page, server
         box.fill(fix)
         pg.locator("#llaca-save").click()
         expect(ack).to_contain_text("Answer #2 corrected. Saved: 1 correction")
-        expect(bots.nth(1)).to_have_text(fix)
+        expect(bots.nth(1)).to_contain_text(f"Correction: {fix}")  # and the model's answer, struck through
+        expect(bots.nth(1).locator("del").first).to_contain_text(second.splitlines()[0].strip())
         expect(bots.first).to_have_text(color)
         session = pg.locator("#llaca-panel [data-session]").get_attribute("data-session")
     finally:

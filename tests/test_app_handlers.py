@@ -15,6 +15,7 @@ import gradio as gr
 import pytest
 import torch
 
+from app.history import corrected_message
 from tests.conftest import TINY
 
 MODEL = Path(os.environ.get("LLACA_TEST_MODEL", TINY))
@@ -145,7 +146,7 @@ def test_feedback_on_any_answer_edit_and_correction_box(h, services, item):
 
     # the "Correct this answer" box saves against the answer it is tied to
     box, history, _, ack = map(value, fb.save_correction("crimson", first, history, state))
-    assert box == "" and history[1]["content"] == "crimson"
+    assert box == "" and history[1] == corrected_message(color, "crimson")  # the model's answer stays, struck
     assert ack == "✏️ Answer #1 corrected. Saved: 1 correction in this session's buffer."
     # an edit in place of the second answer reaches the buffer size (2): ready
     edited = [dict(m) for m in history]
@@ -153,6 +154,7 @@ def test_feedback_on_any_answer_edit_and_correction_box(h, services, item):
     update, _, ack = fb.edit(edited, state, gr.EditData(None, {"index": 3, "value": "hexagon", "previous_value": shape}))
     assert update["feedback_value"] == ["Dislike", "Dislike"]  # thumbs stay shown after the re-render
     history = value(update)
+    assert history[3] == corrected_message(shape, "hexagon") and history[1] == corrected_message(color, "crimson")
     assert "2 corrections" in ack and "ready" in ack
     [buf] = services.store.session_buffers(state.session_id)
     assert buf.status == "ready" and [(i.message_id, i.answer) for i in buf.items] == [(first, "crimson"), (second, "hexagon")]
@@ -166,11 +168,65 @@ def test_feedback_on_any_answer_edit_and_correction_box(h, services, item):
     # a "correction" back to the model's own answer is refused and the shown text is put back
     with pytest.warns(UserWarning, match="same as the original"):
         original = services.store.get_message(state.session_id, second).text
-        restored, _, _ = map(value, fb.edit(history, state, gr.EditData(None, {"index": 3, "value": original, "previous_value": "hexagon"})))
-    assert restored[3]["content"] == "hexagon"
+        shown = history[3]["content"]
+        restored, _, _ = map(value, fb.edit(history, state, gr.EditData(None, {"index": 3, "value": original, "previous_value": shown})))
+    assert restored[3]["content"] == shown
     # teach: the ready buffer is ready already, a new empty one has nothing to teach
     with pytest.warns(UserWarning, match="nothing to teach"):
         fb.teach(state)
+
+
+def test_a_correction_keeps_the_models_answer_visible(h, services, item):
+    """The chat shows the model's answer (struck through, marked corrected) and the correction
+    after it; correcting again, by the box or in place, shows only the latest correction."""
+    from app.history import normalize
+    from app.state import SessionState
+
+    chat, fb, _ = h
+    path, _, _ = item
+
+    state = SessionState()
+    history = ask(chat, state, [], COLOR_Q, path)[-1][1]
+    answer = history[1]["content"]
+    first = state.messages[1].id
+    fb.select(history, state, "", gr.SelectData(None, {"index": 1, "value": answer}))
+
+    _, history, _, _ = map(value, fb.save_correction("teal", first, history, state))
+    shown = history[1]["content"]
+    assert len(history) == 2 and len(state.messages) == 2  # still one message per store message
+    assert shown.startswith("**Model's answer (corrected):** ") and f"~~{answer}~~" in shown
+    assert shown.endswith("✏️ **Correction:** teal") and shown.index(f"~~{answer}~~") < shown.index("teal")
+    assert state.messages[1].feedback == "corrected"
+    assert "is corrected to “teal”" in fb.selection_text(state, normalize(history))
+
+    # correcting again (the box) replaces the correction; the model's answer stays once
+    _, history, _, _ = map(value, fb.save_correction("navy", first, history, state))
+    shown = history[1]["content"]
+    assert shown == corrected_message(answer, "navy")["content"] and "teal" not in shown
+    # and in place: the edit box holds both texts, the user changes the correction part
+    edited = [dict(m) for m in history]
+    edited[1] = {"role": "assistant", "content": shown.replace("navy", "olive")}
+    update, _, _ = fb.edit(edited, state, gr.EditData(None, {"index": 1, "value": edited[1]["content"], "previous_value": shown}))
+    history = value(update)
+    assert history[1] == corrected_message(answer, "olive") and update["feedback_value"] == ["Dislike"]
+    # or replaces the whole text with just the new correction
+    edited = [dict(m) for m in history]
+    edited[1] = {"role": "assistant", "content": "maroon"}
+    history = value(fb.edit(edited, state, gr.EditData(None, {"index": 1, "value": "maroon",
+                                                               "previous_value": history[1]["content"]}))[0])
+    assert history[1] == corrected_message(answer, "maroon")
+    fixes = [(f.corrected_text, f.previous_text) for f in services.store.session_feedback(state.session_id)
+             if f.kind == "correction"]
+    assert fixes[-1] == ("maroon", answer) and len(fixes) == 4
+    [buf] = services.store.session_buffers(state.session_id)
+    assert [i.answer for i in buf.items] == ["maroon"]  # one item, updated
+
+    # the model sees the correction as its earlier answer; the next answer leaves it shown
+    history = ask(chat, state, history, SHAPE_Q)[-1][1]
+    assert history[1] == corrected_message(answer, "maroon") and len(history) == 4
+    # Undo and Regenerate re-render the corrected answer as it was
+    _, history, _ = map(value, chat.undo(history, state))
+    assert history == [{"role": "user", "content": [{"path": str(path)}, COLOR_Q]}, corrected_message(answer, "maroon")]
 
 
 def test_edit_question_regenerate_undo_clear(h, services, item):
@@ -239,3 +295,32 @@ def test_rollback_needs_the_admin_password(h, services):
     assert panels.rollback(BASE_CHOICE, "pw")[0].startswith("✅")
     summary, rows, *_ = panels.dashboard()
     assert "No adapter has been trained yet" in summary and rows == []
+
+
+def test_matrix_cells_without_a_figure_are_labelled(h):
+    """A version not evaluated on a task (None, or a short row) gets a grey "–" cell and a note,
+    not a blank white cell."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    from feedback_store.records import AdapterVersion
+    from llaca.plots import MISSING, MISSING_COLOR, matrix_heatmap
+    from tests.worker_helpers import metrics_record
+
+    _, _, panels = h
+    tasks = ["color", "buffer 1", "buffer 2"]
+    record = metrics_record(2, tasks, [[97.0, 40.0, None], [95.0, 88.0, None], [94.0, 87.0, 90.0]], ["base", "v1", "v2"])
+    adapter = AdapterVersion("v2", "v1", "/nowhere", "llaca", "current", record, {}, None, 0.0, 0.0)
+    ax = panels.matrix_figure(adapter).axes[0]
+    labels = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+    assert labels[(2, 0)] == labels[(2, 1)] == MISSING  # column 2 = buffer 2, rows 0-1 = base, v1
+    assert labels[(2, 2)] == "90" and labels[(0, 0)] == "97" and len(labels) == 9
+    assert "not evaluated" in ax.get_xlabel()
+    image = ax.images[0]
+    assert image.get_array().mask[0][2] and tuple(image.cmap.get_bad()) == to_rgba(MISSING_COLOR)  # grey
+
+    # a row shorter than the task list (an older record) is padded the same way
+    ax = Figure().add_subplot(1, 1, 1)
+    matrix_heatmap(ax, [[97.0], [95.0, 88.0]], ["color", "buffer 1"], "t")
+    labels = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+    assert labels == {(0, 0): "97", (1, 0): MISSING, (0, 1): "95", (1, 1): "88"}

@@ -10,6 +10,7 @@ from app.history import (
     assistant_message,
     context_start,
     context_turns,
+    corrected_message,
     last_index,
     normalize,
     to_messages,
@@ -58,6 +59,21 @@ def test_round_trip_of_what_the_app_sends():
     turns = normalize(sent)
     assert turns == [Turn("user", "What shape?", ["/tmp/e.png"]), Turn("assistant", "circle"), Turn("user", "And colour?")]
     assert normalize(to_messages(turns)) == turns
+
+
+def test_a_corrected_answer_shows_both_texts_and_reads_back_as_the_correction():
+    import gradio as gr
+
+    msg = corrected_message("a ~ b\nsecond line", "a *circle*")
+    assert msg["content"].startswith("**Model's answer (corrected):** ~~a \\~ b~~\n~~second line~~")
+    assert msg["content"].endswith("✏️ **Correction:** a *circle*")
+    chatbot = gr.Chatbot()  # as the page sends it back
+    back = chatbot.preprocess(chatbot.postprocess([user_message("q", "/i.png"), msg]))
+    turns = normalize(back)
+    assert turns[1] == Turn("assistant", "a *circle*", original="a ~ b\nsecond line")
+    assert to_messages(turns)[1] == msg
+    assert context_turns(turns + [Turn("user", "q2")], 0, 2) == [("q", "a *circle*"), ("q2", None)]  # the model sees the fix
+    assert normalize([{"role": "user", "content": msg["content"]}])[0].original is None  # only answers are parsed
 
 
 def test_streaming_cursor_and_empty_history():
