@@ -5,7 +5,8 @@ embedded tiny model on http://127.0.0.1:7860 with the data in ./data:
 
     python app.py
     python app.py --model llava-hf/llava-1.5-7b-hf --data-dir /mnt/bucket/llaca --host 0.0.0.0
-    LLACA_ADMIN_PASSWORD=... python app.py       # enables rollback in the dashboard
+    LLACA_ADMIN_PASSWORD=... python app.py       # enables review, rollback and forgetting in the dashboard
+    LLACA_TEACH=review LLACA_ADMIN_PASSWORD=... python app.py   # only approved corrections train
 
 Every flag has an ``LLACA_*`` environment variable (see ``llaca/config.py``).
 """
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
+        settings.check_app()  # e.g. review without an admin password: refuse to start, and say why
     except SettingsError as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 2

@@ -41,12 +41,13 @@ from feedback_store import NothingToTeachError, correction_status
 from llaca.liveness import classify
 from llaca.serving import BASE, ServedBy
 
-from .chat import params_from, session_key, client_description
+from .chat import params_from, session_key
 from .errors import UserError, user_message
 from .feedback import like_kind
 from .services import Services, paced
 from .state import SessionState
-from .panels import metrics_of, worker_summary
+from .dashboard import metrics_of
+from .panels import worker_summary
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,18 @@ API_NO_IMAGE = ("No image: pass one with the first question, /ask(image, questio
 
 def _fail(e: BaseException, doing: str) -> gr.Error:
     return gr.Error(user_message(e, doing))
+
+
+def review_dict(r) -> dict:
+    """A held correction as the API shows it (``/pending``, and ``/status`` for its author)."""
+    return {"correction_id": r.feedback_id, "author": r.author, "question": r.question, "answer": r.answer,
+            "correction": r.correction, "image_sha256": r.image_sha256, "message_id": r.message_id,
+            "kind": r.kind, "status": r.status, "status_text": REVIEW_WORDS[r.status],
+            "reason": r.reason, "created_at": r.created_at}
+
+
+REVIEW_WORDS = {"pending": "waiting for review", "approved": "approved: in the buffer to learn",
+                "rejected": "rejected by the admin; it will not be learned"}
 
 
 def _worker(w) -> dict:
@@ -78,10 +91,8 @@ class ApiHandlers:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def _session(self, state: SessionState, request: gr.Request | None) -> str:
-        return self.s.ensure_session(state, getattr(request, "username", None), client_description(request))
-
-    def ask(self, image, question, temperature, top_p, max_new_tokens, state: SessionState, request: gr.Request = None):
+    def ask(self, image, question, temperature, top_p, max_new_tokens, state: SessionState, request: gr.Request = None,
+            profile: gr.OAuthProfile | None = None):
         """Ask about an image (new conversation) or, with no image, a follow-up question.
         Yields (answer so far, message id once stored, adapter version)."""
         conv = state.api
@@ -97,7 +108,7 @@ class ApiHandlers:
             image_bytes = Path(path).read_bytes() if path else None
             if image_bytes is None and conv.image is None:
                 raise UserError(API_NO_IMAGE)
-            session = self._session(state, request)
+            session = self.s.admit_question(state, request, profile, params.max_new_tokens, len(image_bytes or b""))
             parent = None if image_bytes is not None else conv.last_id
             msg = self.s.store.record_user_message(session, question, image_bytes=image_bytes, parent_id=parent)
         except Exception as e:
@@ -142,14 +153,13 @@ class ApiHandlers:
         return f"{fb.kind} recorded on {fb.message_id}"
 
     def correct(self, message_id, corrected_answer, state: SessionState):
-        """Store the right answer for an answer of this session; it joins the session's buffer."""
+        """Store the right answer for an answer of this session. It joins the session's buffer,
+        or, under the review policy for an untrusted author, waits for review (buffer_id None,
+        status "waiting for review", size: the author's corrections waiting)."""
         try:
             if state.session_id is None:
                 raise UserError(f"No message {message_id!r} in this session (it has not asked anything yet).")
-            result = self.s.store.add_correction(
-                state.session_id, str(message_id or ""), str(corrected_answer or ""),
-                ready_threshold=self.s.settings.buffer_size,
-            )
+            result = self.s.teaching.correct(state.session_id, str(message_id or ""), str(corrected_answer or ""))
         except Exception as e:
             raise _fail(e, "saving the correction") from e
         return result.buffer_id, result.size, result.status
@@ -164,17 +174,22 @@ class ApiHandlers:
         try:
             b = self.s.store.mark_ready(state.session_id)
         except NothingToTeachError:
-            return {**nothing, "message": "Every correction of this session is already queued or learned; "
-                                          "/status shows what became of each."}
+            held = sum(r.status == "pending" for r in self.s.store.session_reviews(state.session_id))
+            return {**nothing, "message": (f"{held} of this session's corrections wait for the admin's review; they "
+                                           "are queued once approved. " if held else "")
+                    + "Every correction of this session in a buffer is already queued or learned; "
+                      "/status shows what became of each."}
         except Exception as e:
             raise _fail(e, "marking the buffer ready") from e
         return {"buffer_id": b.id, "size": b.size, "status": b.status, "message": f"buffer {b.id} is queued"}
 
-    def status(self, state: SessionState) -> dict:
-        """Served adapter version, learning worker state, and this session's buffers."""
+    def status(self, state: SessionState, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Served adapter version, learning worker state, who the caller is ("you"), this
+        session's buffers, and its corrections held for review ("reviews")."""
         current = self.s.store.current_adapter()
         now = time.time()
         buffers = self.s.store.session_buffers(state.session_id) if state.session_id else []
+        reviews = self.s.store.session_reviews(state.session_id) if state.session_id else []
         workers = self.s.store.worker_states()
         groups = classify(workers, now)
         return {
@@ -184,6 +199,7 @@ class ApiHandlers:
             "current_metrics": m.summary() if current and (m := metrics_of(current)) else None,
             "buffer_size": self.s.settings.buffer_size,
             "session_id": state.session_id,
+            "you": self.s.teaching.you(state.session_id, request, profile),
             "learning": worker_summary(workers, now),  # the page's status line says the same
             "worker": [_worker(w) for w in groups.live],  # live workers
             "workers_not_responding": [_worker(w) for w in groups.not_responding],
@@ -196,6 +212,7 @@ class ApiHandlers:
                             **dict(zip(("status", "status_text"), correction_status(i, b)))} for i in b.items]}
                 for b in buffers
             ],
+            "reviews": [review_dict(r) for r in reviews],
         }
 
     def stop(self, state: SessionState, request: gr.Request = None) -> int:

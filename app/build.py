@@ -2,7 +2,9 @@
 
 Tabs: **Chat** (chatbot + multimodal textbox, Stop/Regenerate/Undo/Clear, parameters,
 examples; on the right the correction box and this session's buffer panel) and **Learning
-dashboard** (adapter versions, accuracy matrix, forgetting, admin rollback). Hidden
+dashboard** (admin password, adapter versions, accuracy matrix, forgetting, instruction groups
+(their names for the admin only), the review queue and rollback). On a Space a "Sign in with
+Hugging Face" button names the author of a signed-in user's corrections. Hidden
 components carry the named API endpoints (``app.api``). Events that run the model share
 one ``concurrency_id`` ("model") and the limit from settings; store-only events are not
 limited; Stop bypasses the queue.
@@ -18,7 +20,9 @@ import gradio as gr
 from .api import ApiHandlers
 from .chat import ChatHandlers
 from .feedback import BOX_PLACEHOLDER, PICK_ANSWER, FeedbackHandlers
-from .panels import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, GROUP_HEADERS, TABLE_HEADERS, Panels
+from .dashboard import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, GROUP_HEADERS, TABLE_HEADERS, Dashboard
+from .panels import Panels
+from .review import REVIEW_HEADERS, ReviewHandlers
 from .services import Services
 from .state import SessionState
 
@@ -72,6 +76,7 @@ def build_app(services: Services) -> gr.Blocks:
     """The whole UI and API, wired to ``services``. Call ``.queue()`` and ``.launch()`` on it."""
     s = services.settings
     chat, fb, panels, api = ChatHandlers(services), FeedbackHandlers(services), Panels(services), ApiHandlers(services)
+    dash, review = Dashboard(services), ReviewHandlers(services, panels.thumbs)
     model_limits = {"concurrency_id": MODEL_GROUP, "concurrency_limit": s.concurrency}
     light = {"concurrency_limit": None, "api_visibility": "private"}
     # UI events are private; the named endpoints (ask, rate, correct, teach, status, stop)
@@ -81,6 +86,8 @@ def build_app(services: Services) -> gr.Blocks:
         state = gr.State(SessionState())
         with gr.Row(elem_id="llaca-header"):
             gr.Markdown(f"# 🦙 {TITLE}\n{INTRO}")
+            if s.on_space:  # Sign in with Hugging Face (hf_oauth: true): corrections then carry your user name
+                gr.LoginButton(size="sm", scale=0, min_width=180)
         status_md = gr.Markdown(panels.status_line(), elem_id="llaca-status")
 
         with gr.Tabs():
@@ -104,7 +111,8 @@ def build_app(services: Services) -> gr.Blocks:
                         with gr.Accordion("Parameters", open=False):
                             temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.1, label="Temperature", elem_id="llaca-temperature")
                             top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P")
-                            max_tokens = gr.Slider(1, 1024, value=512, step=1, label="Max new tokens")
+                            max_tokens = gr.Slider(1, s.max_new_tokens, value=min(512, s.max_new_tokens), step=1,
+                                                   label="Max new tokens")
                         if services.examples:
                             gr.Examples(
                                 examples=[[{"text": e.question, "files": [str(e.path)]}] for e in services.examples],
@@ -127,6 +135,12 @@ def build_app(services: Services) -> gr.Blocks:
                         panel = gr.HTML(elem_id="llaca-panel")
 
             with gr.Tab("Learning dashboard", id="dashboard") as dash_tab:
+                with gr.Group():
+                    gr.Markdown(ADMIN_ENABLED if s.admin_enabled else ADMIN_DISABLED, padding=True, elem_id="llaca-admin-note")
+                    with gr.Row():
+                        password = gr.Textbox(label="Admin password", type="password", interactive=s.admin_enabled,
+                                              elem_id="llaca-admin-password", scale=3)
+                        unlock_btn = gr.Button("Unlock admin views", size="sm", scale=1, interactive=s.admin_enabled)
                 dash_summary = gr.Markdown(elem_id="llaca-dash-summary")
                 table = gr.Dataframe(
                     headers=TABLE_HEADERS, interactive=False, wrap=True, label="Adapter versions", elem_id="llaca-adapters",
@@ -142,12 +156,27 @@ def build_app(services: Services) -> gr.Blocks:
                     headers=GROUP_HEADERS, interactive=False, wrap=True, elem_id="llaca-groups",
                     label="Instruction groups of this version (llaca+groups): questions are routed to their group's adapter",
                 )
+                with gr.Group(elem_id="llaca-review"):
+                    gr.Markdown(f"### Review queue (teaching policy: **{s.teach}**)", padding=True)
+                    review_line = gr.Markdown("🔒 Enter the admin password to see corrections waiting for review.",
+                                              padding=True, elem_id="llaca-review-line")
+                    review_table = gr.Dataframe(
+                        headers=REVIEW_HEADERS, interactive=False, wrap=True, elem_id="llaca-review-table",
+                        datatype=["number", "html", "str", "str", "str", "str", "str", "str", "str"],
+                    )
+                    with gr.Row():
+                        review_ids = gr.Textbox(label="Correction ids (comma-separated)", scale=2, elem_id="llaca-review-ids")
+                        review_author = gr.Dropdown(label="…or every pending one of this author", choices=[], scale=2,
+                                                    elem_id="llaca-review-author")
+                        review_reason = gr.Textbox(label="Reason (shown to the author when rejected)", scale=2)
+                    with gr.Row():
+                        approve_btn = gr.Button("Approve", variant="primary", size="sm", elem_id="llaca-approve")
+                        reject_btn = gr.Button("Reject", variant="stop", size="sm", elem_id="llaca-reject")
+                    review_msg = gr.Markdown(elem_id="llaca-review-msg")
                 with gr.Group():
                     gr.Markdown("### Rollback", padding=True)
-                    gr.Markdown(ADMIN_ENABLED if s.admin_enabled else ADMIN_DISABLED, padding=True, elem_id="llaca-admin-note")
                     with gr.Row():
                         rollback_pick = gr.Dropdown(label="Serve this version", choices=[BASE_CHOICE], interactive=s.admin_enabled)
-                        password = gr.Textbox(label="Admin password", type="password", interactive=s.admin_enabled)
                     rollback_btn = gr.Button("Roll back", variant="stop", interactive=s.admin_enabled)
                 rollback_msg = gr.Markdown(elem_id="llaca-rollback-msg")
                 refresh_btn = gr.Button("Refresh", size="sm")
@@ -195,6 +224,10 @@ def build_app(services: Services) -> gr.Blocks:
         teach_b.click(api.teach, [state], [api_json], api_name="teach", concurrency_limit=None)
         status_b.click(api.status, [state], [api_json], api_name="status", concurrency_limit=None)
         stop_b.click(api.stop, [state], [api_count], api_name="stop", queue=False)
+        # the review queue's endpoints: typed by their signatures, no components (admin password first)
+        gr.api(review.pending, api_name="pending", concurrency_limit=None)
+        gr.api(review.approve, api_name="approve", concurrency_limit=None)
+        gr.api(review.reject, api_name="reject", concurrency_limit=None)
 
         # -- chat -------------------------------------------------------------------------
         box.submit(
@@ -234,9 +267,18 @@ def build_app(services: Services) -> gr.Blocks:
         timer.tick(panels.poll, [state], [status_md, panel], show_progress="hidden", **light)
         dash_outputs = [dash_summary, table, matrix_plot, forgetting_plot, version_pick, rollback_pick, groups_table]
         demo.load(panels.refresh, [state], [status_md, panel], **light, show_progress="hidden")
-        gr.on([dash_tab.select, refresh_btn.click], panels.dashboard, [version_pick], dash_outputs, **light)
-        version_pick.input(panels.matrix_for, [version_pick], [matrix_plot, groups_table], **light)
-        rollback_btn.click(panels.rollback, [rollback_pick, password, version_pick], [rollback_msg, *dash_outputs], **light)
+        gr.on([dash_tab.select, refresh_btn.click, unlock_btn.click, password.submit], dash.dashboard,
+              [version_pick, password], dash_outputs, **light).then(
+            lambda pw: review.table(pw)[0::2], [password], [review_table, review_line], **light)
+        version_pick.input(dash.matrix_for, [version_pick, password], [matrix_plot, groups_table], **light)
+        rollback_btn.click(dash.rollback, [rollback_pick, password, version_pick], [rollback_msg, *dash_outputs], **light)
+        gr.on([unlock_btn.click, password.submit, dash_tab.select, refresh_btn.click],
+              lambda pw: gr.update(choices=review.table(pw)[1], value=None), [password], [review_author], **light)
+        review_outputs = [review_msg, review_table, review_author, review_line]
+        approve_btn.click(lambda pw, ids, who, why: review.act("approve", pw, ids, who, why),
+                          [password, review_ids, review_author, review_reason], review_outputs, **light)
+        reject_btn.click(lambda pw, ids, who, why: review.act("reject", pw, ids, who, why),
+                         [password, review_ids, review_author, review_reason], review_outputs, **light)
 
         def on_unload(request: gr.Request):
             services.stops.stop(getattr(request, "session_hash", "") or "")

@@ -46,16 +46,6 @@ def session_key(request: gr.Request | None, state: SessionState) -> str:
     return str(key or state.session_id or "anonymous")
 
 
-def client_description(request: gr.Request | None) -> str | None:
-    if request is None:
-        return None
-    try:
-        agent = request.headers.get("user-agent")
-    except Exception:
-        agent = None
-    return f"gradio; {agent}" if agent else "gradio"
-
-
 def align(history: list | None, state: SessionState) -> list[Turn]:
     """Normalise the history and make ``state.messages`` the same length (they only differ
     if the page changed the chat in a way no handler saw)."""
@@ -174,7 +164,8 @@ class ChatHandlers:
 
     # -- events ----------------------------------------------------------------------
 
-    def submit(self, message, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None):
+    def submit(self, message, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None,
+               profile: gr.OAuthProfile | None = None):
         """Ask: record the question (with its image, if one is attached) and stream the answer.
         Outputs: textbox, chatbot, state."""
         if self.s.stops.running(session_key(request, state)):
@@ -199,7 +190,8 @@ class ChatHandlers:
                 parent_id = next((m.id for m in reversed(state.messages[start:]) if m.id), None)
                 if parent_id is None and state.messages[start].image:  # keep the image reachable
                     image_bytes = self.s.store.image_path(state.messages[start].image).read_bytes()
-            session = self.s.ensure_session(state, getattr(request, "username", None), client_description(request))
+            session = self.s.admit_question(state, request, profile, params.max_new_tokens,
+                                            len(image_bytes) if image_path else 0)
             question = self.s.store.record_user_message(session, text, image_bytes=image_bytes, parent_id=parent_id)
         except Exception as e:
             gr.Warning(user_message(e, "recording your question"))
@@ -212,7 +204,8 @@ class ChatHandlers:
             yield (gr.skip() if cleared else {"text": "", "files": []}), messages, state
             cleared = True
 
-    def retry(self, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None):
+    def retry(self, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None,
+              profile: gr.OAuthProfile | None = None):
         """Regenerate the answer to the last question (a new answer to the same stored
         question; the old one stays in the store). Outputs: chatbot, state."""
         if self.s.stops.running(session_key(request, state)):
@@ -227,6 +220,7 @@ class ChatHandlers:
             return
         try:
             params = params_from(temperature, top_p, max_new_tokens)
+            self.s.admit_question(state, request, profile, params.max_new_tokens)
         except Exception as e:
             gr.Warning(user_message(e))
             yield gr.skip(), state
@@ -265,7 +259,8 @@ class ChatHandlers:
         """Stop this session's generation: sets the event the stopping criterion checks."""
         self.s.stops.stop(session_key(request, state))
 
-    def reask(self, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None):
+    def reask(self, history, state: SessionState, temperature, top_p, max_new_tokens, request: gr.Request = None,
+              profile: gr.OAuthProfile | None = None):
         """After a question was edited in place (``state.reask``): record the new question and
         answer it. Outputs: chatbot, state."""
         i = state.reask
@@ -285,7 +280,7 @@ class ChatHandlers:
                 image_bytes = self.s.store.image_path(old.image).read_bytes()
             elif old.id is not None:
                 parent_id = self.s.store.get_message(state.session_id, old.id).parent_id
-            session = self.s.ensure_session(state, getattr(request, "username", None), client_description(request))
+            session = self.s.admit_question(state, request, profile, params.max_new_tokens)
             question = self.s.store.record_user_message(session, turns[i].text, image_bytes=image_bytes, parent_id=parent_id)
         except Exception as e:
             gr.Warning(user_message(e, "recording your edited question"))

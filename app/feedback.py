@@ -22,6 +22,7 @@ from .errors import UserError, user_message
 from .history import Turn, last_index, normalize_message, to_messages
 from .panels import too_small_to_test
 from .services import Services
+from .teaching import WAITING_FOR_REVIEW
 from .state import SessionState
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def like_kind(liked: Any) -> str | None:
 
 
 def buffer_ack(size: int, status: str) -> str:
+    if status == WAITING_FOR_REVIEW:
+        return (f"Saved, waiting for review: the admin approves what is learned here "
+                f"({plural(size, 'correction')} of yours waiting).")
     text = f"Saved: {plural(size, 'correction')} in this session's buffer"
     if status == BufferStatus.READY:
         text += " - it is ready and queued for learning"
@@ -156,9 +160,7 @@ class FeedbackHandlers:
         model's answer, which stays visible, struck through (a later correction replaces
         the earlier one, the model's answer stays)."""
         meta = self._answer_meta(state, turns, i)
-        result = self.s.store.add_correction(
-            state.session_id, meta.id, text, ready_threshold=self.s.settings.buffer_size
-        )
+        result = self.s.teaching.correct(state.session_id, meta.id, text)  # the policy and quotas decide
         meta.feedback = "corrected"
         turn = turns[i]
         if turn.original is None:

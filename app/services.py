@@ -26,6 +26,7 @@ from llaca.serving import BASE, Assistant, ServedVersion
 
 from .answers import AnswersInFlight
 from .examples import Example, make_examples
+from .teaching import Teaching, author_name, client_description
 from .state import SessionState
 
 log = logging.getLogger(__name__)
@@ -143,22 +144,36 @@ class Services:
     images: ImageCache | None = None
     worker: object | None = None  # what start_learning_worker returned (see app.py)
     answers: AnswersInFlight | None = None
+    teaching: Teaching | None = None
 
     def __post_init__(self) -> None:
         if self.images is None:
             self.images = ImageCache(self.store)
         if self.answers is None:
             self.answers = AnswersInFlight(self.store)
+        if self.teaching is None:
+            self.teaching = Teaching(self.settings, self.store)
 
     @property
     def model_name(self) -> str:
         return self.assistant.lm.name
 
     def ensure_session(self, state: SessionState, user: str | None = None, client: str | None = None) -> str:
-        """The store session of this Gradio session, created on first use."""
+        """The store session of this Gradio session, created on first use; ``user`` (a
+        signed-in user's name) is its author, else the store names a guest author."""
         if state.session_id is None:
-            state.session_id = self.store.start_session(user=user, client=client).id
+            state.session_id = self.store.start_session(user=user, client=client, author=user).id
         return state.session_id
+
+    def admit_question(self, state: SessionState, request=None, profile=None, max_new_tokens: int = 0,
+                       image_bytes: int = 0) -> str:
+        """The session a new question is recorded in, once the author's quotas allow it
+        (``app.quotas``; a ``QuotaError`` names the limit). Returns the session id."""
+        self.teaching.quotas.check_tokens(max_new_tokens)
+        session = self.ensure_session(state, author_name(request, profile), client_description(request))
+        author = self.store.author_of(session)
+        self.teaching.quotas.check_question(self.teaching.subjects(author, request), author, image_bytes)
+        return session
 
     @contextmanager
     def generation(self, key: str) -> Iterator[StopRequest]:

@@ -160,7 +160,9 @@ def run(args, families: list[str], all_families: list[str], work: Path) -> int:
     report = {"families": families, "per_family": args.per_family, "app_args": app_args, "rows": [], "buffers": [],
               "first_correct": {}}
     data_dir = work / "data"
-    with AppServer(args.model, data_dir, args=app_args, threads=args.threads, worker=True, timeout=300) as app:
+    quota = {"LLACA_QUESTIONS_PER_MINUTE": "100000", "LLACA_CORRECTIONS_PER_HOUR": "100000"}  # one scripted teacher
+    with AppServer(args.model, data_dir, args=app_args, threads=args.threads, worker=True, timeout=300,
+                   env=quota) as app:
         teacher, chatter = Client(app.url, verbose=False), Client(app.url, verbose=False)
         probe = images.fresh("color", args.ttft_n, 5)
         idle = [ttft(chatter, im, q) for im, q, _ in probe]

@@ -11,7 +11,7 @@ it between threads::
     store.add_correction(session.id, answer.id, "blue", ready_threshold=8)
 
 Modules: ``store`` (``FeedbackStore``, assembled from ``base``, ``conversations``,
-``buffers`` and ``adapters``), ``schema`` (the tables and the version check),
+``buffers``, ``reviews`` and ``adapters``), ``schema`` (the tables and the version check),
 ``connection`` (per-thread connections, transactions), ``queries`` (shared lookups),
 ``records`` (dataclasses), ``status`` (the status vocabulary of buffers, corrections,
 adapter versions and workers), ``errors`` (typed exceptions), ``validation`` (text and JSON
@@ -48,8 +48,10 @@ from .errors import (
     UnsafeFilesystemError,
 )
 from .records import (
-    AdapterVersion, BufferItem, BufferState, CleanupReport, Feedback, Message, Session, TaskBuffer, WorkerState, plural,
+    AdapterVersion, AuthorUsage, BufferItem, BufferState, CleanupReport, Feedback, Message, Review, Session, TaskBuffer,
+    WorkerState, plural,
 )
+from .reviews import parse_ids
 from .schema import SCHEMA_VERSION
 from .status import (
     MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, Split, WorkerActivity, correction_status,
@@ -59,7 +61,7 @@ from .store import FeedbackStore
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback",
-    "Message", "Session", "TaskBuffer", "WorkerState", "plural",
+    "Message", "Session", "TaskBuffer", "WorkerState", "plural", "AuthorUsage", "Review", "parse_ids",
     "MAX_REFUSALS", "AdapterStatus", "BufferStatus", "CorrectionState", "Split", "WorkerActivity", "correction_status",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",

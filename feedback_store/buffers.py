@@ -45,6 +45,26 @@ from .validation import clean_optional_text, clean_text, require_worker
 log = logging.getLogger(__name__)
 
 
+FAIRNESS_WINDOW = 3600.0  # seconds of history the fair queue looks back on
+FAIR_NEXT_READY = """
+SELECT tb.id, tb.attempts FROM task_buffers tb JOIN sessions s ON s.id = tb.session_id
+WHERE tb.status = 'ready'
+ORDER BY (SELECT count(*) FROM task_buffers t2 JOIN sessions s2 ON s2.id = t2.session_id
+          WHERE s2.author IS s.author AND t2.status IN ('training', 'promoted', 'rejected') AND t2.updated_at > ?),
+         coalesce(tb.ready_at, tb.updated_at), tb.id
+LIMIT 1"""
+"""The next buffer to learn: of the author with the fewest buffers taken up in the last
+``FAIRNESS_WINDOW`` (in training, or learned or refused since), then the oldest ready one.
+Authors thus take turns, and a flood from one waits behind everyone else's corrections."""
+
+
+def _check_threshold(ready_threshold: int | None) -> None:
+    if ready_threshold is not None and (not isinstance(ready_threshold, int) or ready_threshold < 1):
+        raise InvalidInputError(
+            f"ready_threshold must be a positive integer, not {ready_threshold!r}", field="ready_threshold"
+        )
+
+
 def _lease(seconds: float) -> float:
     if not isinstance(seconds, (int, float)) or not seconds > 0:
         raise InvalidInputError(f"lease_seconds must be a positive number, not {seconds!r}", field="lease_seconds")
@@ -64,58 +84,72 @@ class Buffers(Conversations):
         still open or ready (after training it goes into the open buffer as a new item).
         When the buffer reaches ``ready_threshold`` items it is marked ready.
         """
-        corrected = clean_text(
-            corrected_text, what="corrected answer", max_chars=self.max_answer_chars, error=InvalidCorrectionError
-        )
-        if ready_threshold is not None and (not isinstance(ready_threshold, int) or ready_threshold < 1):
-            raise InvalidInputError(
-                f"ready_threshold must be a positive integer, not {ready_threshold!r}", field="ready_threshold"
-            )
+        corrected = self._clean_correction(corrected_text)
+        _check_threshold(ready_threshold)
         with self._conns.write() as db:
-            answer = require_answer(db, session_id, message_id)
-            if corrected.strip() == answer.text.strip():
-                raise InvalidCorrectionError(
-                    "the corrected answer is the same as the original answer",
-                    field="corrected answer", problem="unchanged",
-                )
-            question = one(
-                db, "SELECT text FROM messages WHERE id = ? AND session_id = ? AND role = 'user'",
-                [answer.parent_id, session_id],
-            )
-            if question is None:
-                raise InvalidCorrectionError(
-                    "the answer has no question recorded with it", field="corrected answer", problem="no_question"
-                )
+            answer, question = self._correctable(db, session_id, message_id, corrected)
             feedback = self._insert_feedback(
                 db, session_id, message_id, "correction", corrected_text=corrected, previous_text=answer.text
             )
-            now = self._now()
-            existing = one(
-                db,
-                """SELECT bi.id, bi.buffer_id FROM buffer_items bi
-                   JOIN task_buffers tb ON tb.id = bi.buffer_id
-                   WHERE bi.message_id = ? AND tb.session_id = ? AND tb.status IN ('open', 'ready')
-                   ORDER BY bi.id DESC LIMIT 1""",
-                [message_id, session_id],
+            return self._buffer_correction(db, session_id, message_id, question, corrected, feedback.id, ready_threshold)
+
+    def _clean_correction(self, corrected_text: str | bytes) -> str:
+        return clean_text(
+            corrected_text, what="corrected answer", max_chars=self.max_answer_chars, error=InvalidCorrectionError
+        )
+
+    @staticmethod
+    def _correctable(db: Database, session_id: str, message_id: str, corrected: str):
+        """(the answer, its question's text), or InvalidCorrectionError."""
+        answer = require_answer(db, session_id, message_id)
+        if corrected.strip() == answer.text.strip():
+            raise InvalidCorrectionError(
+                "the corrected answer is the same as the original answer",
+                field="corrected answer", problem="unchanged",
             )
-            if existing is not None:
-                buffer_id = existing["buffer_id"]
-                db["buffer_items"].update(existing["id"], {"answer": corrected, "feedback_id": feedback.id,
-                                                           "updated_at": now})
-            else:
-                buffer_id = self._open_buffer_id(db, session_id, now)
-                db["buffer_items"].insert({
-                    "buffer_id": buffer_id, "message_id": message_id, "feedback_id": feedback.id,
-                    "image_sha256": conversation_image(db, message_id), "question": question["text"],
-                    "answer": corrected, "split": "train", "created_at": now, "updated_at": now,
-                })
-            buffers = db["task_buffers"]
-            buffers.update(buffer_id, {"updated_at": now})
-            size = db["buffer_items"].count_where("buffer_id = ?", [buffer_id])
-            status = buffers.get(buffer_id)["status"]
-            if status == "open" and ready_threshold is not None and size >= ready_threshold:
-                buffers.update(buffer_id, {"status": "ready", "ready_at": now, "updated_at": now})
-                status = "ready"
+        question = one(
+            db, "SELECT text FROM messages WHERE id = ? AND session_id = ? AND role = 'user'",
+            [answer.parent_id, session_id],
+        )
+        if question is None:
+            raise InvalidCorrectionError(
+                "the answer has no question recorded with it", field="corrected answer", problem="no_question"
+            )
+        return answer, question["text"]
+
+    def _buffer_correction(
+        self, db: Database, session_id: str, message_id: str, question: str, corrected: str, feedback_id: int,
+        ready_threshold: int | None,
+    ) -> BufferState:
+        """Put a correction into the session's open buffer (or update its item there while
+        it is open or ready); mark the buffer ready at ``ready_threshold`` items."""
+        now = self._now()
+        existing = one(
+            db,
+            """SELECT bi.id, bi.buffer_id FROM buffer_items bi
+               JOIN task_buffers tb ON tb.id = bi.buffer_id
+               WHERE bi.message_id = ? AND tb.session_id = ? AND tb.status IN ('open', 'ready')
+               ORDER BY bi.id DESC LIMIT 1""",
+            [message_id, session_id],
+        )
+        if existing is not None:
+            buffer_id = existing["buffer_id"]
+            db["buffer_items"].update(existing["id"], {"answer": corrected, "feedback_id": feedback_id,
+                                                       "updated_at": now})
+        else:
+            buffer_id = self._open_buffer_id(db, session_id, now)
+            db["buffer_items"].insert({
+                "buffer_id": buffer_id, "message_id": message_id, "feedback_id": feedback_id,
+                "image_sha256": conversation_image(db, message_id), "question": question,
+                "answer": corrected, "split": "train", "created_at": now, "updated_at": now,
+            })
+        buffers = db["task_buffers"]
+        buffers.update(buffer_id, {"updated_at": now})
+        size = db["buffer_items"].count_where("buffer_id = ?", [buffer_id])
+        status = buffers.get(buffer_id)["status"]
+        if status == "open" and ready_threshold is not None and size >= ready_threshold:
+            buffers.update(buffer_id, {"status": "ready", "ready_at": now, "updated_at": now})
+            status = "ready"
         return BufferState(buffer_id=buffer_id, size=size, status=status)
 
     def _open_buffer_id(self, db: Database, session_id: str, now: float) -> int:
@@ -173,15 +207,16 @@ class Buffers(Conversations):
             db["task_buffers"].update(row["id"], {**change, "lease_until": None, "updated_at": now})
 
     def claim_ready_buffer(self, worker_id: str, lease_seconds: float) -> TaskBuffer | None:
-        """Atomically claim the oldest ready buffer for ``worker_id`` until now +
-        ``lease_seconds``; None if there is none. Expired leases are released first:
-        their buffers are ready again, or rejected after ``max_claim_attempts``."""
+        """Atomically claim the next ready buffer for ``worker_id`` until now +
+        ``lease_seconds``; None if there is none. The queue is fair across authors
+        (``FAIR_NEXT_READY``): one author's flood of buffers does not hold others back.
+        Expired leases are released first: their buffers are ready again, or rejected
+        after ``max_claim_attempts``."""
         worker, lease = require_worker(worker_id), _lease(lease_seconds)
         with self._conns.write() as db:
             now = self._now()
             self._release_expired(db, now)
-            row = one(db, "SELECT id, attempts FROM task_buffers WHERE status = 'ready' "
-                          "ORDER BY coalesce(ready_at, updated_at), id LIMIT 1")
+            row = one(db, FAIR_NEXT_READY, [now - FAIRNESS_WINDOW])
             if row is None:
                 return None
             db["task_buffers"].update(row["id"], {"status": "training", "claimed_by": worker, "updated_at": now,

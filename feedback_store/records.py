@@ -52,6 +52,7 @@ class Session:
     created_at: float
     user: str | None = None
     client: str | None = None
+    author: str | None = None  # who teaches through it: the login name, or guest-<id[:8]>
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,41 @@ class BufferState:
     buffer_id: int
     size: int
     status: BufferStatus
+
+
+@dataclass(frozen=True)
+class Review:
+    """A correction held for the admin's review (``feedback_store.reviews``); its id is the
+    correction's feedback id."""
+
+    feedback_id: int
+    session_id: str
+    message_id: str
+    author: str
+    image_sha256: str | None
+    question: str
+    answer: str  # the model's answer
+    correction: str
+    kind: str  # review (an untrusted author, under the review policy) | conflict
+    status: str  # pending | approved | rejected
+    reason: str | None
+    decided_by: str | None
+    created_at: float
+    decided_at: float | None
+
+    @property
+    def correction_id(self) -> int:
+        return self.feedback_id
+
+
+@dataclass(frozen=True)
+class AuthorUsage:
+    """What an author has used of their quotas (``Reviews.author_usage``)."""
+
+    corrections_last_hour: int
+    waiting_buffers: int  # ready or training
+    pending_reviews: int
+    image_bytes_last_day: int
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ re-read under the write lock, so processes opening it at the same moment build i
 a crash leaves an empty file. A database at any other version is refused with
 ``SchemaVersionError``, untouched, as is a file that holds tables but no version (not ours).
 
-Migrations cover databases written by a released version of LLaCA Studio, and only those.
-No version has been released, so there are none: ``SCHEMA`` is the only schema (databases
-of an older development layout are refused, not upgraded). To change the schema after a
-release: edit ``SCHEMA`` for new databases, bump ``SCHEMA_VERSION``, and in ``create`` run,
-for a database at the released version, the statements that turn it into the new one, in
-the same transaction; test them on a database written by the released code.
+Migrations: a database at version 3 (the layout before authors and the review queue) is
+upgraded in place, in one ``BEGIN IMMEDIATE`` transaction (``MIGRATIONS[3]``): each session
+gets its author (its login name, or ``guest-`` and the first 8 characters of its id, as
+``FeedbackStore.start_session`` names a guest) and the review queue is created. Older
+development layouts are refused, not upgraded. To change the schema: edit ``SCHEMA`` for new
+databases, bump ``SCHEMA_VERSION``, and add the statements that turn the previous version
+into the new one to ``MIGRATIONS``; test them on a database written by the previous code.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from .errors import SchemaVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     user TEXT,
-    client TEXT
+    client TEXT,
+    author TEXT
 );
+CREATE INDEX idx_sessions_author ON sessions(author);
 CREATE TABLE images (
     sha256 TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -116,6 +119,25 @@ CREATE TABLE buffer_items (
 CREATE INDEX idx_buffer_items_buffer ON buffer_items(buffer_id);
 CREATE INDEX idx_buffer_items_message ON buffer_items(message_id);
 CREATE INDEX idx_buffer_items_group ON buffer_items(group_id);
+CREATE TABLE reviews (
+    feedback_id INTEGER PRIMARY KEY REFERENCES feedback(id),
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    message_id TEXT NOT NULL REFERENCES messages(id),
+    author TEXT NOT NULL,
+    image_sha256 TEXT REFERENCES images(sha256),
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    correction TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'review' CHECK (kind IN ('review', 'conflict')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    reason TEXT,
+    decided_by TEXT,
+    created_at REAL NOT NULL,
+    decided_at REAL
+);
+CREATE INDEX idx_reviews_status ON reviews(status, created_at);
+CREATE INDEX idx_reviews_session ON reviews(session_id);
+CREATE INDEX idx_reviews_author ON reviews(author);
 CREATE TABLE worker_status (
     worker_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -128,6 +150,18 @@ CREATE TABLE worker_status (
 
 
 
+_REVIEWS = SCHEMA[SCHEMA.index("CREATE TABLE reviews"):SCHEMA.index("CREATE TABLE worker_status")]
+
+MIGRATIONS: dict[int, str] = {
+    3: """
+ALTER TABLE sessions ADD COLUMN author TEXT;
+UPDATE sessions SET author = coalesce(user, 'guest-' || substr(id, 1, 8));
+CREATE INDEX idx_sessions_author ON sessions(author);
+""" + _REVIEWS,
+}
+"""From version N (the key): the statements that bring a database to version N + 1."""
+
+
 def check_version(connections: Connections) -> int:
     """The file's schema version (0: new), refusing one this code cannot open; changes nothing."""
     db = connections.get()
@@ -138,7 +172,7 @@ def check_version(connections: Connections) -> int:
             f"{connections.db_path} is not a feedback store: it holds other tables ({', '.join(tables[:5])})",
             path=connections.db_path, version=0, supported=SCHEMA_VERSION, tables=tables,
         )
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, SCHEMA_VERSION, *MIGRATIONS):
         raise SchemaVersionError(
             f"{connections.db_path} has schema version {version}; this code reads version {SCHEMA_VERSION} only",
             path=connections.db_path, version=version, supported=SCHEMA_VERSION, tables=tables,
@@ -146,16 +180,28 @@ def check_version(connections: Connections) -> int:
     return version
 
 
+def _run(db, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def create(connections: Connections) -> bool:
-    """Give a new database the schema (True), or leave a current one alone (False)."""
+    """Give a new database the schema, or upgrade an older one (True); leave a current one
+    alone (False)."""
     if check_version(connections) == SCHEMA_VERSION:
         return False
     with connections.write() as db:
-        if check_version(connections) == SCHEMA_VERSION:  # another process was first
+        version = check_version(connections)  # re-read under the write lock: another process may be first
+        if version == SCHEMA_VERSION:
             return False
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        if version == 0:
+            _run(db, SCHEMA)
+        else:
+            while version < SCHEMA_VERSION:
+                _run(db, MIGRATIONS[version])
+                version += 1
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    log.info("feedback store %s created (schema version %d)", connections.db_path, SCHEMA_VERSION)
+    log.info("feedback store %s %s (schema version %d)", connections.db_path,
+             "created" if version == 0 else "upgraded", SCHEMA_VERSION)
     return True

@@ -2,7 +2,7 @@
 
 It is assembled from its parts: ``base`` (opening, options, closing), ``conversations``
 (sessions, messages, images, likes), ``buffers`` (corrections, task buffers, the worker's
-claims), ``outcomes`` (each correction's group and what became of it) and ``adapters`` (adapter versions, worker status); the housekeeping that spans
+claims), ``reviews`` (authors, corrections held for review, quota usage), ``outcomes`` (each correction's group and what became of it) and ``adapters`` (adapter versions, worker status); the housekeeping that spans
 them is here. Every public write is one transaction.
 
 One instance may be shared by all threads of a process (each thread gets its own
@@ -15,16 +15,16 @@ import logging
 import time
 
 from .adapters import Adapters
-from .buffers import Buffers
 from .files import TMP_PREFIX
 from .images import IMAGES_DIR
 from .outcomes import Outcomes
 from .records import CleanupReport
+from .reviews import Reviews
 
 log = logging.getLogger(__name__)
 
 
-class FeedbackStore(Buffers, Adapters, Outcomes):
+class FeedbackStore(Reviews, Adapters, Outcomes):
     """Durable record of conversations, feedback, task buffers and adapter versions."""
 
     def cleanup_orphans(self, min_age_seconds: float = 3600.0, dry_run: bool = False) -> CleanupReport:

@@ -25,13 +25,22 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --threads         | LLACA_THREADS         | torch default        |
 | --poll-seconds    | LLACA_POLL_SECONDS    | 2.0 (status refresh) |
 | --no-worker       | LLACA_WORKER=0        | worker on            |
-| --learn-method    | LLACA_LEARN_METHOD    | llaca (seq, ema, llaca, seq+replay, llaca+replay) |
+| --learn-method    | LLACA_LEARN_METHOD    | llaca+groups (or seq, ema, llaca, seq+replay, llaca+replay) |
 | --learn-steps     | LLACA_LEARN_STEPS     | 80 optimizer steps per buffer |
 | --guard-margin    | LLACA_GUARD_MARGIN    | 5 points             |
 | --idle-ready      | LLACA_IDLE_READY      | 900 s (an idle open buffer becomes ready; 0 = never) |
 | --worker-threads  | LLACA_WORKER_THREADS  | 1 (torch CPU threads of the learning worker; the rest serve chat) |
 | --train-command   | LLACA_TRAIN_COMMAND   | none: the worker trains in its own process; e.g. "accelerate launch --num_processes 4 -m llaca.tune" |
 | --log-level       | LLACA_LOG_LEVEL       | INFO (WARNING for llaca.tune) |
+| --teach           | LLACA_TEACH           | anyone; review on a Space (SPACE_ID set) |
+| --teachers        | LLACA_TEACHERS        | none (comma-separated user names whose corrections skip review) |
+| --quotas          | LLACA_QUOTAS          | public on a Space or a non-loopback host, else local (QUOTA_DEFAULTS) |
+| --questions-per-minute | LLACA_QUESTIONS_PER_MINUTE | per author: 20 public, 600 local |
+| --max-new-tokens  | LLACA_MAX_NEW_TOKENS  | 1024 (the most an answer may ask for) |
+| --corrections-per-hour | LLACA_CORRECTIONS_PER_HOUR | per author: 60 public, 2000 local |
+| --waiting-buffers | LLACA_WAITING_BUFFERS | per author, ready or training: 3 public, 50 local |
+| --pending-reviews | LLACA_PENDING_REVIEWS | per author, waiting for review: 48 public, 1000 local |
+| --image-mb-per-day | LLACA_IMAGE_MB_PER_DAY | per author: 50 public, 2000 local |
 
 (*) When no LLACA_HOST/LLACA_PORT is set, Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT
 are honoured, so a Hugging Face Space (which sets GRADIO_SERVER_NAME=0.0.0.0) works unchanged.
@@ -47,6 +56,26 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 DEFAULT_MODEL = "models/llava-tiny"
+TEACH_POLICIES = ("anyone", "review")  # who may teach: everyone, or trusted teachers and what the admin approves
+QUOTA_DEFAULTS: dict[str, dict[str, float]] = {
+    # a public deployment (a Space, or an app bound to a non-loopback address): one author is one person
+    "public": {"questions_per_minute": 20, "corrections_per_hour": 60, "waiting_buffers": 3, "pending_reviews": 48,
+               "image_mb_per_day": 50.0},
+    # the owner's own machine: scripts and benchmarks teach hundreds of corrections; still finite
+    "local": {"questions_per_minute": 600, "corrections_per_hour": 2000, "waiting_buffers": 50,
+              "pending_reviews": 1000, "image_mb_per_day": 2000.0},
+}
+"""Per-author quota defaults by deployment (``Settings.quotas``); each can be set on its own."""
+QUOTA_NAMES = tuple(QUOTA_DEFAULTS["public"])
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -85,6 +114,16 @@ class Settings:
     worker_threads: int | None = 1
     train_command: str | None = None
     log_level: str | None = None  # None: the command's own default (`configure_logging`)
+    teach: str = "anyone"  # TEACH_POLICIES; from_namespace defaults to review on a Space
+    teachers: tuple[str, ...] = ()  # trusted teachers: their corrections skip review
+    quotas: str = "local"  # QUOTA_DEFAULTS' key: the defaults of the per-author quotas below
+    questions_per_minute: int | None = None  # per author (None: QUOTA_DEFAULTS[quotas])
+    max_new_tokens: int = 1024  # the most one answer may ask for
+    corrections_per_hour: int | None = None  # per author
+    waiting_buffers: int | None = None  # per author: buffers ready or training
+    pending_reviews: int | None = None  # per author: corrections waiting for review
+    image_mb_per_day: float | None = None  # per author: stored image megabytes
+    on_space: bool = False  # SPACE_ID is set: running as a Hugging Face Space
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -114,6 +153,20 @@ class Settings:
                     raise ValueError("it is empty")
             except ValueError as e:
                 raise SettingsError(f"train-command {self.train_command!r} is not a usable command: {e}") from None
+        if self.teach not in TEACH_POLICIES:
+            raise SettingsError(f"teach must be one of {', '.join(TEACH_POLICIES)}, got {self.teach!r}")
+        object.__setattr__(self, "teachers", tuple(t.strip() for t in self.teachers if t and t.strip()))
+        if self.quotas not in QUOTA_DEFAULTS:
+            raise SettingsError(f"quotas must be one of {', '.join(QUOTA_DEFAULTS)}, got {self.quotas!r}")
+        for name in QUOTA_NAMES:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, QUOTA_DEFAULTS[self.quotas][name])
+        for name in ("questions_per_minute", "max_new_tokens", "corrections_per_hour", "waiting_buffers",
+                     "pending_reviews"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.image_mb_per_day > 0:
+            raise SettingsError(f"image-mb-per-day must be positive, got {self.image_mb_per_day}")
         if self.log_level is not None:
             object.__setattr__(self, "log_level", self.log_level.upper())
             if not isinstance(logging.getLevelName(self.log_level), int):
@@ -122,6 +175,18 @@ class Settings:
     @property
     def admin_enabled(self) -> bool:
         return bool(self.admin_password)
+
+    def is_teacher(self, author: str | None) -> bool:
+        """Whether ``author``'s corrections train without review."""
+        return self.teach == "anyone" or (author is not None and author in self.teachers)
+
+    def check_app(self) -> None:
+        """What only the app needs: under ``review`` someone must be able to review."""
+        if self.teach == "review" and not self.admin_enabled:
+            raise SettingsError(
+                "teach=review needs an admin password to review corrections: set LLACA_ADMIN_PASSWORD "
+                "(or --admin-password), or let anyone teach with LLACA_TEACH=anyone"
+                + (" (review is the default on a Space)" if self.on_space else ""))
 
     def configure_logging(self, default: str = "INFO", fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
         """Set up the root logger at the `log_level` setting (``default`` when it is unset)."""
@@ -163,6 +228,8 @@ class Settings:
             except (TypeError, ValueError):
                 raise SettingsError(f"{what} must be a number, got {value!r}") from None
 
+        on_space = bool(env.get("SPACE_ID"))
+        host = str(pick(args.host, "LLACA_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1"))
         worker_env = str(env.get("LLACA_WORKER", "1")).strip().lower()
         if worker_env not in _TRUE | _FALSE:
             raise SettingsError(f"LLACA_WORKER must be 1/0 (or true/false), got {worker_env!r}")
@@ -171,7 +238,7 @@ class Settings:
         return cls(
             model=str(pick(args.model, "LLACA_MODEL", default=DEFAULT_MODEL)),
             data_dir=Path(pick(args.data_dir, "LLACA_DATA_DIR", default="data")),
-            host=str(pick(args.host, "LLACA_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1")),
+            host=host,
             port=as_int(pick(args.port, "LLACA_PORT", "GRADIO_SERVER_PORT", default=7860), "port"),
             admin_password=pick(args.admin_password, "LLACA_ADMIN_PASSWORD") or None,
             buffer_size=as_int(pick(args.buffer_size, "LLACA_BUFFER_SIZE", default=8), "buffer size"),
@@ -189,6 +256,20 @@ class Settings:
             worker_threads=as_int(pick(args.worker_threads, "LLACA_WORKER_THREADS", default=1), "worker threads"),
             train_command=pick(args.train_command, "LLACA_TRAIN_COMMAND") or None,
             log_level=pick(args.log_level, "LLACA_LOG_LEVEL"),
+            teach=str(pick(args.teach, "LLACA_TEACH", default="review" if on_space else "anyone")).strip().lower(),
+            teachers=tuple(str(pick(args.teachers, "LLACA_TEACHERS", default="")).split(",")),
+            quotas=str(pick(args.quotas, "LLACA_QUOTAS", default="public" if on_space or not is_loopback_host(host)
+                                 else "local")).strip().lower(),
+            questions_per_minute=as_int(pick(args.questions_per_minute, "LLACA_QUESTIONS_PER_MINUTE"),
+                                        "questions per minute"),
+            max_new_tokens=as_int(pick(args.max_new_tokens, "LLACA_MAX_NEW_TOKENS", default=1024), "max new tokens"),
+            corrections_per_hour=as_int(pick(args.corrections_per_hour, "LLACA_CORRECTIONS_PER_HOUR"),
+                                        "corrections per hour"),
+            waiting_buffers=as_int(pick(args.waiting_buffers, "LLACA_WAITING_BUFFERS"), "waiting buffers"),
+            pending_reviews=as_int(pick(args.pending_reviews, "LLACA_PENDING_REVIEWS"), "pending reviews"),
+            image_mb_per_day=(None if (mb := pick(args.image_mb_per_day, "LLACA_IMAGE_MB_PER_DAY")) is None
+                              else as_float(mb, "image MB per day")),
+            on_space=on_space,
         )
 
 
@@ -216,6 +297,24 @@ FLAGS: dict[str, dict] = {
     "train_command": dict(help="the worker trains through this command, e.g. 'accelerate launch --num_processes 4 -m llaca.tune' "
                                "(default: in its own process; LLACA_TRAIN_COMMAND)"),
     "log_level": dict(help="DEBUG, INFO, WARNING or ERROR (default INFO; WARNING for llaca.tune; LLACA_LOG_LEVEL)"),
+    "teach": dict(choices=TEACH_POLICIES, help="who may teach: anyone (every correction trains), or review (only trusted "
+                                               "teachers' and admin-approved corrections train; needs an admin password) "
+                                               "(default anyone; review on a Space; LLACA_TEACH)"),
+    "teachers": dict(help="comma-separated user names whose corrections skip review (default none; LLACA_TEACHERS)"),
+    "quotas": dict(choices=tuple(QUOTA_DEFAULTS), help="the per-author quota defaults: public (a Space, or a "
+                                                       "non-loopback --host) or local (default: by deployment; "
+                                                       "LLACA_QUOTAS)"),
+    "questions_per_minute": dict(type=int, help="questions one author may ask per minute (default 20 public, 600 "
+                                                "local; LLACA_QUESTIONS_PER_MINUTE)"),
+    "max_new_tokens": dict(type=int, help="the most tokens one answer may ask for (default 1024; LLACA_MAX_NEW_TOKENS)"),
+    "corrections_per_hour": dict(type=int, help="corrections one author may save per hour (default 60 public, 2000 local; "
+                                                "LLACA_CORRECTIONS_PER_HOUR)"),
+    "waiting_buffers": dict(type=int, help="buffers one author may have waiting to be learned (default 3 public, 50 local; "
+                                           "LLACA_WAITING_BUFFERS)"),
+    "pending_reviews": dict(type=int, help="corrections one author may have waiting for review (default 48 public, 1000 local; "
+                                           "LLACA_PENDING_REVIEWS)"),
+    "image_mb_per_day": dict(type=float, help="megabytes of images one author may upload per day (default 50 public, 2000 local; "
+                                              "LLACA_IMAGE_MB_PER_DAY)"),
 }
 """The flag of each setting (``--data-dir`` for ``data_dir``), with its help; ``--no-worker`` is the app's."""
 

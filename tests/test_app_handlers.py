@@ -287,9 +287,9 @@ def test_model_failure_keeps_the_question_and_says_why(h, services, item, monkey
 
 
 def test_rollback_needs_the_admin_password(h, services):
-    from app.panels import BASE_CHOICE
+    from app.dashboard import BASE_CHOICE, Dashboard
 
-    _, _, panels = h
+    panels = Dashboard(services)
     with pytest.warns(UserWarning, match="Wrong admin password"):
         assert "Wrong admin password" in panels.rollback(BASE_CHOICE, "guess")[0]
     assert panels.rollback(BASE_CHOICE, "pw")[0].startswith("✅")
@@ -297,17 +297,18 @@ def test_rollback_needs_the_admin_password(h, services):
     assert "No adapter has been trained yet" in summary and rows == []
 
 
-def test_matrix_cells_without_a_figure_are_labelled(h):
+def test_matrix_cells_without_a_figure_are_labelled(services):
     """A version not evaluated on a task (None, or a short row) gets a grey "–" cell and a note,
     not a blank white cell."""
     from matplotlib.colors import to_rgba
     from matplotlib.figure import Figure
 
     from feedback_store.records import AdapterVersion
+    from app.dashboard import Dashboard
     from llaca.plots import MISSING, MISSING_COLOR, matrix_heatmap
     from tests.worker_helpers import metrics_record
 
-    _, _, panels = h
+    panels = Dashboard(services)
     tasks = ["color", "buffer 1", "buffer 2"]
     record = metrics_record(2, tasks, [[97.0, 40.0, None], [95.0, 88.0, None], [94.0, 87.0, 90.0]], ["base", "v1", "v2"])
     adapter = AdapterVersion("v2", "v1", "/nowhere", "llaca", "current", record, {}, None, 0.0, 0.0)

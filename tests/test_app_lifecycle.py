@@ -56,7 +56,8 @@ def test_sigterm_mid_answer_stops_within_the_bound_and_keeps_the_answer(tmp_path
     image = tmp_path / "red.png"
     Image.new("RGB", (64, 64), "red").save(image)
     data = tmp_path / "data"
-    server = AppServer(llava15_dir, data, worker=True, log_path=tmp_path / "app.log", threads=1).start()
+    server = AppServer(llava15_dir, data, worker=True, log_path=tmp_path / "app.log", threads=1,
+                       env={"LLACA_MAX_NEW_TOKENS": "4000"}).start()
     try:
         client = Client(server.url, verbose=False)
         job = client.submit(handle_file(str(image)), "What is shown in this image?", 0.0, 0.7, 3000, api_name="/ask")

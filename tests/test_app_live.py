@@ -109,7 +109,7 @@ def make_adapter(path: Path) -> None:
 def test_promotion_and_rollback_reach_the_next_answer(live, image):
     from gradio_client import Client, handle_file
 
-    from app.panels import BASE_CHOICE, Panels
+    from app.dashboard import BASE_CHOICE, Dashboard
 
     services, url = live
     store = services.store
@@ -124,7 +124,7 @@ def test_promotion_and_rollback_reach_the_next_answer(live, image):
     session = client.predict(api_name="/status")["session_id"]
     assert store.session_history(session)[-1].adapter_version == "v1"
 
-    panels = Panels(services)
+    panels = Dashboard(services)
     summary, rows, matrix, forgetting, *_ = panels.dashboard()
     assert rows[0][:2] == ["v1", "current"] and matrix is not None and forgetting is not None
     assert rows[0][4:7] == ["91.5", "2.0", "passed"]  # avg of v1's row, worst task's forgetting, guard

@@ -284,16 +284,21 @@ def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_pat
     assert assistant._gate.switches > 3  # they really took turns on the one model
 
     # the dashboard shows the groups of the served version, their adapters and what they learned
-    from app.panels import Panels
+    from app.dashboard import HIDDEN_NAME, Dashboard
     from app.services import create_services
 
-    services = create_services(Settings(data_dir=tmp_path, learn_method=GROUPS), lm=lm)
+    services = create_services(Settings(data_dir=tmp_path, learn_method=GROUPS, admin_password="pw"), lm=lm)
     try:
-        *_, groups = Panels(services).dashboard()
+        *_, groups = Dashboard(services).dashboard()
         learned = {g: sum(1 for i in items if i.group_id == g and i.learned_in) for g in ("g1", "g2")}
         assert [(r[0], r[2], r[3]) for r in groups] == [("g1", "v1", f"{learned['g1']} / 24"),
                                                      ("g2", "v2", f"{learned['g2']} / 24")]
-        matrix, v1_groups = Panels(services).matrix_for("v1")
+        # a group's name is a user's question: without the admin password nobody sees it
+        assert {r[1] for r in groups} == {HIDDEN_NAME}
+        *_, named = Dashboard(services).dashboard(None, "pw")
+        questions = {i.question for i in items}
+        assert all(r[1] in questions for r in named)
+        matrix, v1_groups = Dashboard(services).matrix_for("v1")
         assert [r[0] for r in v1_groups] == ["g1"] and matrix is not None  # v1 knew one group
     finally:
         services.store.close()

@@ -14,8 +14,8 @@ import pytest
 import feedback_store.schema as schema
 from feedback_store import SCHEMA_VERSION, FeedbackStore, SchemaVersionError
 
-TABLES = ["adapter_versions", "buffer_items", "feedback", "images", "messages", "sessions", "task_buffers",
-          "worker_status"]
+TABLES = ["adapter_versions", "buffer_items", "feedback", "images", "messages", "reviews", "sessions",
+          "task_buffers", "worker_status"]
 
 
 def inspect(db_path: Path) -> tuple[int, list[str], list[str]]:
@@ -83,6 +83,31 @@ def test_another_schema_version_is_refused_untouched(tmp_path, version):
     assert (err.value.version, err.value.supported, err.value.path) == (version, SCHEMA_VERSION, tmp_path / "store.db")
     assert inspect(tmp_path / "store.db") == (version, ["sessions"], [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db"]  # no images/, no WAL files
+
+
+def _version3_schema() -> str:
+    """The schema as version 3 wrote it: no authors, no review queue."""
+    from feedback_store.schema import SCHEMA
+
+    v3 = SCHEMA.replace("    client TEXT,\n    author TEXT\n", "    client TEXT\n")
+    v3 = v3.replace("CREATE INDEX idx_sessions_author ON sessions(author);", "")
+    return v3[:v3.index("CREATE TABLE reviews")] + v3[v3.index("CREATE TABLE worker_status"):]
+
+
+def test_a_version_3_database_is_upgraded_in_place_with_authors(tmp_path):
+    conn = sqlite3.connect(tmp_path / "store.db")
+    conn.executescript(_version3_schema())
+    conn.execute("INSERT INTO sessions (id, created_at, user, client) VALUES ('0123456789ab-guest', 1.0, NULL, 'x')")
+    conn.execute("INSERT INTO sessions (id, created_at, user, client) VALUES ('s2', 2.0, 'ada', NULL)")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with FeedbackStore(tmp_path) as store:
+        assert store.author_of("0123456789ab-guest") == "guest-01234567"
+        assert store.author_of("s2") == "ada"
+        assert store.pending_reviews() == []
+    version, tables, indexes = inspect(tmp_path / "store.db")
+    assert version == SCHEMA_VERSION and tables == TABLES and "idx_sessions_author" in indexes
 
 
 def test_a_foreign_database_is_refused_untouched(tmp_path):
