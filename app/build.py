@@ -3,7 +3,7 @@
 Tabs: **Chat** (chatbot + multimodal textbox, Stop/Regenerate/Undo/Clear, parameters,
 examples; on the right the correction box and this session's buffer panel) and **Learning
 dashboard** (admin password, adapter versions, accuracy matrix, forgetting, instruction groups
-(their names for the admin only), the review queue and rollback). On a Space a "Sign in with
+(their names and authors for the admin only), the review queue, forgetting an author and rollback). On a Space a "Sign in with
 Hugging Face" button names the author of a signed-in user's corrections. Hidden
 components carry the named API endpoints (``app.api``). Events that run the model share
 one ``concurrency_id`` ("model") and the limit from settings; store-only events are not
@@ -22,6 +22,7 @@ from .chat import ChatHandlers
 from .feedback import BOX_PLACEHOLDER, PICK_ANSWER, FeedbackHandlers
 from .dashboard import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, GROUP_HEADERS, TABLE_HEADERS, Dashboard
 from .panels import Panels
+from .forgetting import ForgetHandlers
 from .review import REVIEW_HEADERS, ReviewHandlers
 from .services import Services
 from .state import SessionState
@@ -76,7 +77,7 @@ def build_app(services: Services) -> gr.Blocks:
     """The whole UI and API, wired to ``services``. Call ``.queue()`` and ``.launch()`` on it."""
     s = services.settings
     chat, fb, panels, api = ChatHandlers(services), FeedbackHandlers(services), Panels(services), ApiHandlers(services)
-    dash, review = Dashboard(services), ReviewHandlers(services, panels.thumbs)
+    dash, review, forget = Dashboard(services), ReviewHandlers(services, panels.thumbs), ForgetHandlers(services)
     model_limits = {"concurrency_id": MODEL_GROUP, "concurrency_limit": s.concurrency}
     light = {"concurrency_limit": None, "api_visibility": "private"}
     # UI events are private; the named endpoints (ask, rate, correct, teach, status, stop)
@@ -173,6 +174,15 @@ def build_app(services: Services) -> gr.Blocks:
                         approve_btn = gr.Button("Approve", variant="primary", size="sm", elem_id="llaca-approve")
                         reject_btn = gr.Button("Reject", variant="stop", size="sm", elem_id="llaca-reject")
                     review_msg = gr.Markdown(elem_id="llaca-review-msg")
+                with gr.Group(elem_id="llaca-forget"):
+                    gr.Markdown("### Forget an author: their corrections, questions and images are deleted, and the "
+                                "groups they taught are served without them at once, then retrained from what others "
+                                "taught", padding=True)
+                    with gr.Row():
+                        forget_author = gr.Dropdown(label="Author", choices=[], scale=3, elem_id="llaca-forget-author")
+                        forget_btn = gr.Button("Forget this author", variant="stop", size="sm", scale=1,
+                                               interactive=s.admin_enabled, elem_id="llaca-forget-btn")
+                    forget_msg = gr.Markdown(elem_id="llaca-forget-msg")
                 with gr.Group():
                     gr.Markdown("### Rollback", padding=True)
                     with gr.Row():
@@ -228,6 +238,8 @@ def build_app(services: Services) -> gr.Blocks:
         gr.api(review.pending, api_name="pending", concurrency_limit=None)
         gr.api(review.approve, api_name="approve", concurrency_limit=None)
         gr.api(review.reject, api_name="reject", concurrency_limit=None)
+        gr.api(forget.forget, api_name="forget", concurrency_limit=None)
+        gr.api(forget.forget_correction, api_name="forget_correction", concurrency_limit=None)
 
         # -- chat -------------------------------------------------------------------------
         box.submit(
@@ -274,6 +286,10 @@ def build_app(services: Services) -> gr.Blocks:
         rollback_btn.click(dash.rollback, [rollback_pick, password, version_pick], [rollback_msg, *dash_outputs], **light)
         gr.on([unlock_btn.click, password.submit, dash_tab.select, refresh_btn.click],
               lambda pw: gr.update(choices=review.table(pw)[1], value=None), [password], [review_author], **light)
+        gr.on([unlock_btn.click, password.submit, dash_tab.select, refresh_btn.click], forget.authors, [password],
+              [forget_author], **light)
+        forget_btn.click(forget.button, [password, forget_author], [forget_msg], **light).then(
+            forget.authors, [password], [forget_author], **light)
         review_outputs = [review_msg, review_table, review_author, review_line]
         approve_btn.click(lambda pw, ids, who, why: review.act("approve", pw, ids, who, why),
                           [password, review_ids, review_author, review_reason], review_outputs, **light)

@@ -33,7 +33,7 @@ ADMIN_ENABLED = ("Review, rollback and group names need the admin password (`LLA
 HIDDEN_NAME = "(shown to the admin)"
 TABLE_HEADERS = ["version", "status", "parent", "created (UTC)", "avg acc %", "forgetting (worst task)", "guard", "reason"]
 DASHBOARD_OUTPUTS = 7  # what `Dashboard.dashboard` returns: summary, versions, matrix, forgetting, 2 pickers, groups
-GROUP_HEADERS = ["group", "what it answers", "adapter trained in", "corrections learned / taught"]
+GROUP_HEADERS = ["group", "what it answers", "adapter trained in", "corrections learned / taught", "taught by"]
 
 
 class Dashboard:
@@ -85,7 +85,8 @@ class Dashboard:
     def groups_table(self, adapter: AdapterVersion | None, adapters: list[AdapterVersion],
                      admin: bool = False) -> list[list[Any]]:
         """The instruction groups of a routed version: each group's adapter (the version that
-        trained it) and how many of its corrections are learned. Empty for other versions.
+        trained it), how many of its corrections are learned, and its provenance (the authors
+        whose corrections trained it; the admin sees names). Empty for other versions.
         A group's name is a user's question, so only the admin sees it."""
         from llaca.routed_system import RoutedSystem, is_routed_system
 
@@ -102,7 +103,9 @@ class Dashboard:
         for g in system.codebook.groups:
             learned, taught = counts.get(g.id, (0, 0))
             adapter_of = trained_by.get(system.trained_in.get(g.id), "?") if g.id in system.adapters else "none (base model)"
-            rows.append([g.id, g.name if admin else HIDDEN_NAME, adapter_of, f"{learned} / {taught}"])
+            authors = system.authors.get(g.id, [])
+            taught_by = ", ".join(authors) if admin else f"{len(authors)} author(s)"
+            rows.append([g.id, g.name if admin else HIDDEN_NAME, adapter_of, f"{learned} / {taught}", taught_by])
         return rows
 
     def is_admin(self, password: str | None) -> bool:

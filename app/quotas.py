@@ -4,11 +4,12 @@ The limits are settings (``llaca.config.Settings``): questions per minute, the l
 ``max_new_tokens`` an answer may ask for, corrections per hour, buffers waiting to be
 learned, corrections waiting for review, and image megabytes per day.
 
-Questions are counted here, in memory, in a sliding window per *subject*: the author, and
-for guests also their network address (``X-Forwarded-For`` behind a Space's proxy), so that
-opening new sessions does not reset a guest's count (except for this machine's own loopback
-address, whose sessions are the owner's scripts and tests). Everything else is counted in the
-store (``FeedbackStore.author_usage``), so it holds across restarts and processes.
+Everything is counted per *teacher* (``Session.quota_key``): a signed-in author, or all the
+guests of one network address (behind a Space's proxy, the address the proxy appended to
+``X-Forwarded-For``), so that opening new sessions does not reset a guest's counts; guests
+on this machine's own loopback address are each their own teacher (the owner's scripts).
+Questions are counted here, in memory, in a sliding window. Everything else is counted in the store
+(``FeedbackStore.author_usage``), so it holds across restarts and processes.
 """
 
 from __future__ import annotations
@@ -43,34 +44,36 @@ class Quotas:
             raise QuotaError(f"max_new_tokens {max_new_tokens} is above this app's limit of {cap} "
                              "(LLACA_MAX_NEW_TOKENS).")
 
-    def check_question(self, subjects: list[str], author: str, image_bytes: int = 0) -> None:
-        """Count one question for every subject (all or nothing), then check the image budget."""
+    def check_question(self, key: str, image_bytes: int = 0) -> None:
+        """Count one question against teacher ``key`` (``Session.quota_key``), then check the
+        image budget."""
         limit, now = self.settings.questions_per_minute, time.monotonic()
+        who = "from your network address" if key.startswith("address:") else "per author"
         with self._lock:
-            for s in subjects:
-                q = self._asked[s]
-                while q and q[0] <= now - WINDOW:
-                    q.popleft()
-                if len(q) >= limit:
-                    wait = WINDOW - (now - q[0])
-                    raise QuotaError(f"Too many questions: the limit is {limit} a minute per author "
-                                     f"(LLACA_QUESTIONS_PER_MINUTE). Try again in {max(1, round(wait))} s.")
-            for s in subjects:
-                self._asked[s].append(now)
+            q = self._asked[key]
+            while q and q[0] <= now - WINDOW:
+                q.popleft()
+            if len(q) >= limit:
+                wait = WINDOW - (now - q[0])
+                raise QuotaError(f"Too many questions: the limit is {limit} a minute {who} "
+                                 f"(LLACA_QUESTIONS_PER_MINUTE). Try again in {max(1, round(wait))} s.")
+            q.append(now)
         if image_bytes:
             budget = int(self.settings.image_mb_per_day * 1e6)
-            used = self.store.author_usage(author).image_bytes_last_day
+            used = self.store.author_usage(key).image_bytes_last_day
             if used + image_bytes > budget:
                 raise QuotaError(f"Image quota reached: {used / 1e6:.1f} of {self.settings.image_mb_per_day:g} MB "
                                  "uploaded in the last 24 hours (LLACA_IMAGE_MB_PER_DAY). Ask about an image already "
                                  "in the chat, or come back later.")
 
-    def check_correction(self, author: str, held: bool) -> None:
+    def check_correction(self, key: str, held: bool) -> None:
         """Before a correction is stored: corrections per hour, and the waiting buffers (or, for
-        a correction held for review, the author's corrections already waiting for review)."""
-        s, usage = self.settings, self.store.author_usage(author)
+        a correction held for review, the corrections already waiting for review) of teacher
+        ``key``."""
+        s, usage = self.settings, self.store.author_usage(key)
+        who = "from your network address" if key.startswith("address:") else "per author"
         if usage.corrections_last_hour >= s.corrections_per_hour:
-            raise QuotaError(f"Correction quota reached: {s.corrections_per_hour} an hour per author "
+            raise QuotaError(f"Correction quota reached: {s.corrections_per_hour} an hour {who} "
                              "(LLACA_CORRECTIONS_PER_HOUR). Your corrections so far are kept.")
         if held and usage.pending_reviews >= s.pending_reviews:
             raise QuotaError(f"{usage.pending_reviews} of your corrections are already waiting for review, the "

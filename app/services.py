@@ -158,21 +158,23 @@ class Services:
     def model_name(self) -> str:
         return self.assistant.lm.name
 
-    def ensure_session(self, state: SessionState, user: str | None = None, client: str | None = None) -> str:
+    def ensure_session(self, state: SessionState, user: str | None = None, client: str | None = None,
+                       address: str | None = None) -> str:
         """The store session of this Gradio session, created on first use; ``user`` (a
-        signed-in user's name) is its author, else the store names a guest author."""
+        signed-in user's name) is its author, else the store names a guest author; guests from
+        one ``address`` share their quotas (``Session.quota_key``)."""
         if state.session_id is None:
-            state.session_id = self.store.start_session(user=user, client=client, author=user).id
+            state.session_id = self.store.start_session(user=user, client=client, author=user, address=address).id
         return state.session_id
 
     def admit_question(self, state: SessionState, request=None, profile=None, max_new_tokens: int = 0,
                        image_bytes: int = 0) -> str:
-        """The session a new question is recorded in, once the author's quotas allow it
+        """The session a new question is recorded in, once its teacher's quotas allow it
         (``app.quotas``; a ``QuotaError`` names the limit). Returns the session id."""
         self.teaching.quotas.check_tokens(max_new_tokens)
-        session = self.ensure_session(state, author_name(request, profile), client_description(request))
-        author = self.store.author_of(session)
-        self.teaching.quotas.check_question(self.teaching.subjects(author, request), author, image_bytes)
+        session = self.ensure_session(state, author_name(request, profile), client_description(request),
+                                      self.teaching.address(request))
+        self.teaching.quotas.check_question(self.store.quota_key_of(session), image_bytes)
         return session
 
     @contextmanager

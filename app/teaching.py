@@ -37,15 +37,27 @@ def author_name(request: Any = None, profile: Any = None) -> str | None:
 
 
 def client_address(request: Any = None) -> str | None:
-    """The caller's network address; behind a Space's proxy, the first of X-Forwarded-For."""
+    """The caller's network address. Behind a proxy (the direct peer is a loopback or private
+    address, as on a Space) it is the last ``X-Forwarded-For`` entry, the one the proxy itself
+    appended; earlier entries are whatever the client sent and are never trusted."""
     if request is None:
         return None
+    peer = getattr(getattr(request, "client", None), "host", None)
     headers = getattr(request, "headers", None) or {}
     forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
-    if forwarded:
-        return forwarded.split(",")[0].strip() or None
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None)
+    if forwarded and (peer is None or _is_internal(peer)):
+        return forwarded.split(",")[-1].strip() or peer
+    return peer
+
+
+def _is_internal(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address == "localhost"
+    return ip.is_loopback or ip.is_private
 
 
 def client_description(request: Any = None) -> str | None:
@@ -93,12 +105,12 @@ class Teaching:
     def trusted(self, author: str | None) -> bool:
         return self.settings.is_teacher(author)
 
-    def subjects(self, author: str, request: Any = None) -> list[str]:
-        """What a question counts against: the author, and a guest's network address as well (so
-        that new sessions from one address share one count), unless it is this machine's own."""
+    @staticmethod
+    def address(request: Any = None) -> str | None:
+        """The address guests are grouped by for quotas and the fair queue: None for this
+        machine's own (its sessions are the owner's scripts and tests)."""
         address = client_address(request)
-        shared = author.startswith("guest-") and address and not is_loopback_host(address)
-        return [author] + ([f"address:{address}"] if shared else [])
+        return None if address is None or is_loopback_host(address) else address
 
     def correct(self, session_id: str, message_id: str, text: str) -> Correction:
         """Apply the policy to one correction of an answer of this session."""
@@ -106,12 +118,12 @@ class Teaching:
             raise UserError(f"No message {message_id!r} in this session (it has not asked anything yet).")
         author = self.store.author_of(session_id)
         held = not self.trusted(author)
-        self.quotas.check_correction(author, held)
+        self.quotas.check_correction(self.store.quota_key_of(session_id), held)
         if not held:
             r = self.store.add_correction(session_id, message_id, text, ready_threshold=self.settings.buffer_size)
             return Correction(r.buffer_id, r.size, r.status)
         review = self.store.hold_correction(session_id, message_id, text)
-        waiting = len(self.store.pending_reviews(author))
+        waiting = self.store.author_usage(self.store.quota_key_of(session_id)).pending_reviews
         return Correction(None, waiting, WAITING_FOR_REVIEW, review.feedback_id)
 
     def you(self, session_id: str | None, request: Any = None, profile: Any = None) -> dict:

@@ -52,6 +52,7 @@ from .records import (
     WorkerState, plural,
 )
 from .reviews import parse_ids
+from .forgetting import ForgetReport, Job
 from .schema import SCHEMA_VERSION
 from .status import (
     MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, Split, WorkerActivity, correction_status,
@@ -61,7 +62,7 @@ from .store import FeedbackStore
 __all__ = [
     "SCHEMA_VERSION", "FeedbackStore",
     "AdapterVersion", "BufferItem", "BufferState", "CleanupReport", "Feedback",
-    "Message", "Session", "TaskBuffer", "WorkerState", "plural", "AuthorUsage", "Review", "parse_ids",
+    "Message", "Session", "TaskBuffer", "WorkerState", "plural", "AuthorUsage", "Review", "parse_ids", "ForgetReport", "Job",
     "MAX_REFUSALS", "AdapterStatus", "BufferStatus", "CorrectionState", "Split", "WorkerActivity", "correction_status",
     "AdapterExistsError", "AdapterStateError", "BufferNotFoundError",
     "ExportError", "ImageTooLargeError", "InvalidAnswerError", "InvalidCorrectionError",

@@ -50,10 +50,11 @@ FAIR_NEXT_READY = """
 SELECT tb.id, tb.attempts FROM task_buffers tb JOIN sessions s ON s.id = tb.session_id
 WHERE tb.status = 'ready'
 ORDER BY (SELECT count(*) FROM task_buffers t2 JOIN sessions s2 ON s2.id = t2.session_id
-          WHERE s2.author IS s.author AND t2.status IN ('training', 'promoted', 'rejected') AND t2.updated_at > ?),
+          WHERE s2.quota_key IS s.quota_key AND t2.status IN ('training', 'promoted', 'rejected') AND t2.updated_at > ?),
          coalesce(tb.ready_at, tb.updated_at), tb.id
 LIMIT 1"""
-"""The next buffer to learn: of the author with the fewest buffers taken up in the last
+"""The next buffer to learn: of the teacher (``sessions.quota_key``: an author, or the guests of
+one network address) with the fewest buffers taken up in the last
 ``FAIRNESS_WINDOW`` (in training, or learned or refused since), then the oldest ready one.
 Authors thus take turns, and a flood from one waits behind everyone else's corrections."""
 

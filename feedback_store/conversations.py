@@ -26,16 +26,22 @@ from .validation import clean_optional_text, clean_text, to_json
 class Conversations(StoreBase):
     """What users say and rate: sessions, messages, images and feedback."""
 
-    def start_session(self, user: str | None = None, client: str | None = None, author: str | None = None) -> Session:
+    def start_session(self, user: str | None = None, client: str | None = None, author: str | None = None,
+                      address: str | None = None) -> Session:
         """Create a session; ``user`` is the login name when auth is on. ``author`` names who
         teaches through it (a signed-in user's name); by default the login name, or for a
-        guest ``guest-`` and the first 8 characters of the session id."""
+        guest ``guest-`` and the first 8 characters of the session id. Its ``quota_key`` is the
+        author, except that guests from one network ``address`` (not given for this machine's
+        own) share one: quotas and the fair queue count them as one teacher."""
         sid = str(uuid.uuid4())
         user = clean_optional_text(user, what="user name", max_chars=200)
         author = clean_optional_text(author, what="author", max_chars=200) or user or f"guest-{sid[:8]}"
+        address = clean_optional_text(address, what="address", max_chars=200)
+        guest = author.startswith("guest-")
         session = Session(
             id=sid, created_at=self._now(), user=user,
             client=clean_optional_text(client, what="client description", max_chars=1000), author=author,
+            quota_key=f"address:{address}" if guest and address else author,
         )
         with self._conns.write() as db:
             db["sessions"].insert(asdict(session))

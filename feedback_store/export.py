@@ -36,19 +36,20 @@ class ExportSummary:
 
 def corrections(store: FeedbackStore, *, session_id: str | None = None, status: str | None = None) -> list[dict]:
     """Every correction (buffer item; optionally of one session, or of buffers with
-    ``status``), oldest buffer first, with the buffer, the answer it replaced and the
-    adapter versions involved."""
+    ``status``), oldest buffer first, with the buffer, its author, the answer it replaced and
+    the adapter versions involved."""
     if status is not None and status not in BUFFER_STATUSES:
         raise InvalidInputError(f"status must be one of {', '.join(BUFFER_STATUSES)}, not {status!r}",
                                 field="status", value=status)
     with store._conns.read() as db:
         return list(db.query(
-            """SELECT bi.*, tb.session_id, tb.status AS buffer_status,
+            """SELECT bi.*, tb.session_id, s.author, tb.status AS buffer_status,
                       tb.adapter_version AS trained_adapter, m.adapter_version AS answer_adapter,
                       m.text AS previous_answer, m.parent_id AS question_message_id
                FROM buffer_items bi
                JOIN task_buffers tb ON tb.id = bi.buffer_id
                JOIN messages m ON m.id = bi.message_id
+               JOIN sessions s ON s.id = tb.session_id
                WHERE (:session IS NULL OR tb.session_id = :session) AND (:status IS NULL OR tb.status = :status)
                ORDER BY tb.id, bi.id""",
             {"session": session_id, "status": status},

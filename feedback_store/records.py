@@ -32,7 +32,7 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
     return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
-JSON_COLUMNS = frozenset({"gen_params", "metrics", "library_versions", "detail"})
+JSON_COLUMNS = frozenset({"gen_params", "metrics", "library_versions", "detail", "conflicts"})
 R = TypeVar("R")
 
 
@@ -53,6 +53,7 @@ class Session:
     user: str | None = None
     client: str | None = None
     author: str | None = None  # who teaches through it: the login name, or guest-<id[:8]>
+    quota_key: str | None = None  # who counts as one teacher for quotas and the fair queue
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Review:
     decided_by: str | None
     created_at: float
     decided_at: float | None
+    conflicts: list = field(default_factory=list)  # kind conflict: the other authors' learned items it contradicts
 
     @property
     def correction_id(self) -> int:

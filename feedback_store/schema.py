@@ -9,7 +9,8 @@ a crash leaves an empty file. A database at any other version is refused with
 Migrations: a database at version 3 (the layout before authors and the review queue) is
 upgraded in place, in one ``BEGIN IMMEDIATE`` transaction (``MIGRATIONS[3]``): each session
 gets its author (its login name, or ``guest-`` and the first 8 characters of its id, as
-``FeedbackStore.start_session`` names a guest) and the review queue is created. Older
+``FeedbackStore.start_session`` names a guest), and the review queue and the worker's retrain
+jobs are created. Older
 development layouts are refused, not upgraded. To change the schema: edit ``SCHEMA`` for new
 databases, bump ``SCHEMA_VERSION``, and add the statements that turn the previous version
 into the new one to ``MIGRATIONS``; test them on a database written by the previous code.
@@ -32,9 +33,11 @@ CREATE TABLE sessions (
     created_at REAL NOT NULL,
     user TEXT,
     client TEXT,
-    author TEXT
+    author TEXT,
+    quota_key TEXT
 );
 CREATE INDEX idx_sessions_author ON sessions(author);
+CREATE INDEX idx_sessions_quota_key ON sessions(quota_key);
 CREATE TABLE images (
     sha256 TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -131,6 +134,7 @@ CREATE TABLE reviews (
     kind TEXT NOT NULL DEFAULT 'review' CHECK (kind IN ('review', 'conflict')),
     status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
     reason TEXT,
+    conflicts TEXT NOT NULL DEFAULT '[]',
     decided_by TEXT,
     created_at REAL NOT NULL,
     decided_at REAL
@@ -138,6 +142,18 @@ CREATE TABLE reviews (
 CREATE INDEX idx_reviews_status ON reviews(status, created_at);
 CREATE INDEX idx_reviews_session ON reviews(session_id);
 CREATE INDEX idx_reviews_author ON reviews(author);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('retrain')),
+    groups TEXT NOT NULL DEFAULT '[]',
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    claimed_by TEXT,
+    version TEXT,
+    detail TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE worker_status (
     worker_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -155,8 +171,11 @@ _REVIEWS = SCHEMA[SCHEMA.index("CREATE TABLE reviews"):SCHEMA.index("CREATE TABL
 MIGRATIONS: dict[int, str] = {
     3: """
 ALTER TABLE sessions ADD COLUMN author TEXT;
+ALTER TABLE sessions ADD COLUMN quota_key TEXT;
 UPDATE sessions SET author = coalesce(user, 'guest-' || substr(id, 1, 8));
+UPDATE sessions SET quota_key = author;
 CREATE INDEX idx_sessions_author ON sessions(author);
+CREATE INDEX idx_sessions_quota_key ON sessions(quota_key);
 """ + _REVIEWS,
 }
 """From version N (the key): the statements that bring a database to version N + 1."""

@@ -2,7 +2,8 @@
 
 It is assembled from its parts: ``base`` (opening, options, closing), ``conversations``
 (sessions, messages, images, likes), ``buffers`` (corrections, task buffers, the worker's
-claims), ``reviews`` (authors, corrections held for review, quota usage), ``outcomes`` (each correction's group and what became of it) and ``adapters`` (adapter versions, worker status); the housekeeping that spans
+claims), ``reviews`` (authors, corrections held for review, quota usage), ``forgetting`` (deleting an
+author or a correction, retrain jobs), ``outcomes`` (each correction's group and what became of it) and ``adapters`` (adapter versions, worker status); the housekeeping that spans
 them is here. Every public write is one transaction.
 
 One instance may be shared by all threads of a process (each thread gets its own
@@ -16,6 +17,7 @@ import time
 
 from .adapters import Adapters
 from .files import TMP_PREFIX
+from .forgetting import Forgetting
 from .images import IMAGES_DIR
 from .outcomes import Outcomes
 from .records import CleanupReport
@@ -24,7 +26,7 @@ from .reviews import Reviews
 log = logging.getLogger(__name__)
 
 
-class FeedbackStore(Reviews, Adapters, Outcomes):
+class FeedbackStore(Reviews, Adapters, Outcomes, Forgetting):
     """Durable record of conversations, feedback, task buffers and adapter versions."""
 
     def cleanup_orphans(self, min_age_seconds: float = 3600.0, dry_run: bool = False) -> CleanupReport:

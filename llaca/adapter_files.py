@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from feedback_store.files import fsync_dir
 
@@ -62,3 +63,22 @@ def sweep_staging(adapters_dir: Path) -> list[Path]:
             removed.append(p)
             log.warning("removed unpublished adapter folder %s (left by an interrupted run)", p)
     return removed
+
+
+def version_names(next_version: str) -> Iterator[str]:
+    """Names for a version to promote: the next number (v1, v2, ...), then the ones after it."""
+    number = int(next_version.lstrip("v"))
+    return (f"v{number + k}" for k in range(1000))
+
+
+def publish_first_free(staging: Path, adapters_dir: Path, names: Iterable[str]) -> tuple[str, Path]:
+    """Publish under the first of ``names`` that no folder holds yet (another worker may race us:
+    a name taken meanwhile is skipped; a folder without a row, left by a crash, is never reused)."""
+    for name in names:
+        if not (Path(adapters_dir) / name).exists():
+            try:
+                return name, publish(staging, adapters_dir, name)
+            except FileExistsError:
+                pass
+    raise RuntimeError("could not find a free adapter name")
+

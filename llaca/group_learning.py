@@ -15,7 +15,10 @@ one), and each group in the buffer gets its own run:
 2. **Guard** the routed system (`llaca.guard.decide_paired`): the candidate is the served
    system with this group's adapter replaced; both answer, through their own routing, what
    the run was taught, the group's held-out items pooled over all its buffers, every other
-   group's pooled held-out items and the base probes.
+   group's pooled held-out items, the base probes, and *other authors'* learned corrections
+   of this group (conflicts: a candidate that contradicts them is refused; under the review
+   policy its corrections go to the admin's queue as a conflict naming both authors).
+   Each version records, per group, the authors whose corrections trained it (provenance).
 3. **Publish** the candidate as a routed system folder (`llaca.routed_system`), register it
    and promote or reject it; a rejected candidate takes no version number.
 4. **Record each correction's outcome** (`FeedbackStore.mark_learned` / `mark_pending`):
@@ -51,7 +54,7 @@ from .adapter_files import staging_dir
 from .adapter_metrics import AdapterMetrics
 from .continual import GROUPS
 from .groups import InstructionCodebook
-from .guard import EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
+from .guard import CONFLICT, EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
 from .routed import routed_correct
 from .routed_system import RoutedSystem, is_routed_system
 from .tuner import TuneConfig, library_versions
@@ -80,6 +83,8 @@ def groups_lock(adapters_dir: Path):
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 MAX_TAUGHT_CHECK = 64  # training items the guard re-answers to check the fit
+MAX_EVIDENCE = 32  # of each other author's learned items, the most recent the conflict check re-answers
+MAX_EVIDENCE_AUTHORS = 8
 
 
 def worker_codebook(adapters_dir: Path) -> InstructionCodebook:
@@ -133,6 +138,18 @@ def _assign(worker, buffer, items) -> dict[int, str]:
     return groups
 
 
+def evidence_by_author(earlier, author_of: dict[int, str], run_authors: set[str]) -> list[tuple[str, list]]:
+    """Other authors' learned corrections of the group (training and held-out items), the most
+    recent `MAX_EVIDENCE` of each: what a candidate must not contradict."""
+    by_author: dict[str, list] = defaultdict(list)
+    for it in earlier:
+        author = author_of.get(it.id, "")
+        if it.learned_in is not None and it.image_sha256 and author not in run_authors:
+            by_author[author].append(it)
+    ranked = sorted(by_author.items(), key=lambda kv: -len(kv[1]))[:MAX_EVIDENCE_AUTHORS]
+    return [(a, its[-MAX_EVIDENCE:]) for a, its in sorted(ranked)]
+
+
 def _recover(worker, buffer, group: str) -> tuple[str, str] | None:
     """Finish a version a crashed attempt already published for (buffer, group)."""
     store = worker.store
@@ -164,7 +181,6 @@ def process_groups(worker, buffer, lost: threading.Event) -> str:
     """Run every group of a claimed buffer (module docstring); returns the buffer's outcome."""
     from .worker import LeaseLost
 
-    store = worker.store
     train_items, held_items = worker._split(buffer)
     items = train_items + held_items
     if not items:
@@ -200,6 +216,9 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     learned = [it for it in earlier if it.learned_in is not None and it.split == Split.TRAIN]
     current, system = served_system(store)
     continues = group in system.adapters
+    author_of = store.item_authors([it.id for it, _ in rows])
+    run_authors = sorted({author_of.get(it.id, "") for it in train})
+    evidence = evidence_by_author(earlier, author_of, set(run_authors))
     replay_items = learned[-cfg.group_pool:] if continues else []
     share = cfg.group_replay if cfg.group_replay is not None else len(replay_items) / max(1, len(replay_items) + len(train))
 
@@ -219,7 +238,8 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     samples = worker._samples
     result = worker._train(buffer.id, samples(train), samples(replay_items), tcfg,
                            system.adapters.get(group), stage / group, progress)
-    candidate = system.replaced(group, stage / group, revision, codebook)
+    prior = system.authors.get(group, []) if continues else []
+    candidate = system.replaced(group, stage / group, revision, codebook, authors=sorted({*prior, *run_authors}))
 
     worker.state(WorkerActivity.EVALUATING, buffer=buffer.id, group=group)
     held_by_group: dict[str, list] = defaultdict(list)
@@ -229,6 +249,7 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     taught = train[:MAX_TAUGHT_CHECK]
     named = ([(f"taught (buffer {buffer.id})", TAUGHT, samples(taught)), (f"group {group}", NEW, samples(pooled_held))]
              + [(f"group {g}", EARLIER, samples(its)) for g, its in sorted(held_by_group.items()) if its]
+             + [(f"what {a} taught", CONFLICT, samples(its)) for a, its in evidence]
              + [(p.name, PROBE, p.samples) for p in worker.probes])
     sets = [s for _, _, s in named]
     cand_hits, cur_hits = routed_hits(worker.lm, candidate, sets), routed_hits(worker.lm, system, sets)
@@ -237,6 +258,10 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     if lost.is_set():
         raise LeaseLost(f"lost the lease on buffer {buffer.id} while evaluating")
     held_right = {it.id for it, hit in zip(pooled_held, cand_hits[1]) if hit}
+    first = len(named) - len(worker.probes) - len(evidence)
+    contradicted = [it.id for k, (_, its) in enumerate(evidence)
+                    for it, c, o in zip(its, cand_hits[first + k], cur_hits[first + k]) if o and not c]
+    conflict = not report.passed and "conflict:" in report.reason
     items = {"trained": [it.id for it in train], "heldout_right": sorted(i.id for i in held if i.id in held_right),
              "heldout_wrong": sorted(i.id for i in held if i.id not in held_right)}
 
@@ -250,6 +275,9 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
                 raise GroupChangedMeanwhile(f"group {group} was retrained by another worker during this run")
             candidate = latest_system.replaced(group, stage / group, revision, worker_codebook(worker.adapters_dir))
             current = latest
+        if conflict:
+            report.reason += (" (their corrections stay learned; an admin can review this run's corrections, or "
+                              "forget the author who is wrong)")
         candidate.write(stage)
         worker._checkpoint("before-publish")
         name, final = worker._publish(stage, buffer.id, report.passed)
@@ -266,6 +294,11 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
         else:
             store.reject_adapter(name, report.reason)
     _record_outcome(store, name, report.passed, report.reason, items)
+    if conflict and settings.teach == "review":  # the admin decides who is right; until then nothing retries it
+        names = ", ".join(run_authors)
+        store.hold_conflicts([it.id for it in train] + items["heldout_wrong"] + items["heldout_right"],
+                             f"{names}'s corrections contradict what {', '.join(a for a, _ in evidence)} taught "
+                             f"group {group} ({report.reason})", contradicted)
     log.info("buffer %s group %s: %s %s (%s)", buffer.id, group, name, "promoted" if report.passed else "rejected",
              report.reason)
     return name, "promoted" if report.passed else "rejected"

@@ -16,6 +16,11 @@ exactly what was forgotten):
   it was taught (at least `min_fit` % of its training corrections) and be no worse, in that
   sense, on the group's held-out items pooled over all its buffers; it need not improve on
   items the served system already answers.
+- Conflicts (`CONFLICT` sets, `decide_paired`): other authors' corrections the group has
+  already learned (training and held-out items alike) are evidence. A candidate that answers
+  at least `CONFLICT_MIN_LOST` of them, and a third of those the served system answers right,
+  differently contradicts those authors: refused, whatever the statistics say (two or three
+  items after one buffer must be enough to object).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Sequence
 
 from .dataset import VQASample
 
-NEW, EARLIER, PROBE, TAUGHT = "new", "earlier", "probe", "taught"
+NEW, EARLIER, PROBE, TAUGHT, CONFLICT = "new", "earlier", "probe", "taught", "conflict"
+CONFLICT_MIN_LOST = 2  # other authors' learned corrections a candidate must contradict to be a conflict ...
+CONFLICT_SHARE = 1 / 3  # ... and this share of those the served system answers right
 
 
 @dataclass
@@ -90,7 +97,7 @@ class PairedSet:
     """One evaluation set answered by both systems: per item, right or wrong."""
 
     name: str
-    kind: str  # taught | new | earlier | probe
+    kind: str  # taught | new | earlier | probe | conflict
     candidate: list[bool]
     current: list[bool]
 
@@ -113,7 +120,14 @@ def decide_paired(sets: Sequence[PairedSet], margin: float, alpha: float = 0.05,
         lost = sum(c < o for c, o in zip(s.candidate, s.current))
         gained = sum(c > o for c, o in zip(s.candidate, s.current))
         p = pvals[s.name] = worse_p_value(lost, gained)
-        if s.kind == TAUGHT and new < min_fit:
+        if s.kind == CONFLICT:
+            right_before = sum(s.current)
+            if lost >= CONFLICT_MIN_LOST and lost >= CONFLICT_SHARE * right_before:
+                problems.append(f"conflict: it contradicts {s.name}: {lost} of the {right_before} they taught that "
+                                f"the served version answers right would now be answered differently")
+            else:
+                notes.append(f"{s.name} {old:.0f}% -> {new:.0f}%")
+        elif s.kind == TAUGHT and new < min_fit:
             problems.append(f"it did not fit what it was taught ({s.name}: {new:.0f}% of {len(s.candidate)} "
                             f"training corrections right, needs {min_fit:g}%)")
         elif old - new > margin and p < alpha:

@@ -6,11 +6,13 @@ adapter (one folder, published atomically, one `current` row):
 
     adapters/vN/
       system.json      {"format": "llaca-routed-system", "version": 1,
-                        "groups": {"g1": {"trained_in": "v3"}, "g2": {"trained_in": "vN"}}}
+                        "groups": {"g1": {"trained_in": "v3", "authors": ["ada", "guest-1a2b3c4d"]}, ...}}
       codebook.json    the instruction codebook (`llaca.groups`) that routes questions
       g1/, g2/, ...    one plain peft LoRA folder per group that has an adapter
 
-A group trained in an earlier version is hard-linked from that version's folder (the files
+Each group records its provenance: the authors whose corrections trained its adapter (over
+every run it continued from), so forgetting an author knows which groups to retrain. A group
+trained in an earlier version is hard-linked from that version's folder (the files
 are immutable once published), so a new version costs one adapter's bytes. The codebook may
 hold groups without an adapter (taught but never promoted): their questions go to the base
 model, as do questions that route to no group.
@@ -48,6 +50,7 @@ class RoutedSystem:
     codebook: InstructionCodebook
     adapters: dict[str, Path] = field(default_factory=dict)
     trained_in: dict[str, str] = field(default_factory=dict)
+    authors: dict[str, list[str]] = field(default_factory=dict)  # group -> authors whose corrections trained it
 
     def adapter_name(self, group: str) -> str:
         """A peft adapter name unique to this group's weights: "g2@v7"."""
@@ -58,9 +61,22 @@ class RoutedSystem:
         group = self.codebook.route(question)
         return group if group in self.adapters else None
 
-    def replaced(self, group: str, adapter: Path, trained_in: str, codebook: InstructionCodebook) -> "RoutedSystem":
-        """This system with `group`'s adapter replaced (or added), routed by `codebook`."""
-        return RoutedSystem(codebook, {**self.adapters, group: Path(adapter)}, {**self.trained_in, group: trained_in})
+    def replaced(self, group: str, adapter: Path, trained_in: str, codebook: InstructionCodebook,
+                 authors: list[str] | None = None) -> "RoutedSystem":
+        """This system with `group`'s adapter replaced (or added), routed by `codebook`, trained
+        by `authors` (None: the group's authors so far)."""
+        return RoutedSystem(codebook, {**self.adapters, group: Path(adapter)}, {**self.trained_in, group: trained_in},
+                            {**self.authors, group: sorted(set(self.authors.get(group, []) if authors is None else authors))})
+
+    def without(self, groups) -> "RoutedSystem":
+        """This system with `groups` dropped: their questions go to the base model."""
+        drop = set(groups)
+        keep = lambda d: {g: v for g, v in d.items() if g not in drop}  # noqa: E731
+        return RoutedSystem(self.codebook, keep(self.adapters), keep(self.trained_in), keep(self.authors))
+
+    def groups_of(self, author: str) -> list[str]:
+        """The groups whose adapter `author`'s corrections trained."""
+        return sorted(g for g, names in self.authors.items() if author in names and g in self.adapters)
 
     @classmethod
     def empty(cls, codebook: InstructionCodebook | None = None) -> "RoutedSystem":
@@ -76,14 +92,15 @@ class RoutedSystem:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise SystemFormatError(f"{path / SYSTEM_FILE} is not a {FORMAT} version {VERSION} file")
         codebook = InstructionCodebook.load(path / CODEBOOK_FILE)
-        adapters, trained_in = {}, {}
+        adapters, trained_in, authors = {}, {}, {}
         for group, info in meta.get("groups", {}).items():
             folder = path / group
             missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
             if missing:
                 raise SystemFormatError(f"group {group}'s adapter in {path} lacks {', '.join(missing)}")
             adapters[group], trained_in[group] = folder, str(info["trained_in"])
-        return cls(codebook, adapters, trained_in)
+            authors[group] = [str(a) for a in info.get("authors", [])]
+        return cls(codebook, adapters, trained_in, authors)
 
     def write(self, out: Path | str) -> Path:
         """Write this system into the (staging) folder `out`; unchanged adapters are hard-linked."""
@@ -103,6 +120,7 @@ class RoutedSystem:
                     shutil.copy2(Path(src) / f, target)
         self.codebook.save(out / CODEBOOK_FILE)
         meta = {"format": FORMAT, "version": VERSION,
-                "groups": {g: {"trained_in": self.trained_in[g]} for g in sorted(self.adapters)}}
+                "groups": {g: {"trained_in": self.trained_in[g], "authors": self.authors.get(g, [])}
+                           for g in sorted(self.adapters)}}
         (out / SYSTEM_FILE).write_text(json.dumps(meta, indent=1))
         return out

@@ -43,7 +43,7 @@ import torch
 
 from feedback_store import AdapterStatus, BufferStatus, Split, WorkerActivity
 
-from .adapter_files import publish, staging_dir, sweep_staging
+from .adapter_files import publish_first_free, staging_dir, sweep_staging, version_names
 from .adapter_metrics import AdapterMetrics
 from .config import Settings
 from .dataset import VQASample, read_folder
@@ -236,6 +236,8 @@ class LearningWorker:
             self.close()
 
     def run_once(self) -> bool:
+        if self.settings.learn_method == GROUPS_METHOD and self.run_job():
+            return True
         if self.settings.idle_ready:
             self.store.mark_idle_buffers_ready(self.settings.idle_ready)
         buffer = self.store.claim_ready_buffer(self.cfg.worker_id, self.cfg.lease_seconds)
@@ -243,6 +245,25 @@ class LearningWorker:
             return False
         log.info("claimed buffer %s (%d items)", buffer.id, buffer.size)
         self.process(buffer)
+        return True
+
+    def run_job(self) -> bool:
+        """Run the next retrain job (forgetting an author: ``llaca.forgetting``), if any."""
+        from .forgetting import retrain
+
+        job = self.store.claim_job(self.cfg.worker_id)
+        if job is None:
+            return False
+        log.info("job %s: retraining groups %s (%s)", job.id, ", ".join(job.groups), job.reason)
+        try:
+            detail = retrain(self, job)
+        except Exception as e:
+            log.exception("job %s failed", job.id)
+            self.store.finish_job(job.id, "failed", detail=f"{type(e).__name__}: {e}")
+        else:
+            current = self.store.current_adapter()
+            self.store.finish_job(job.id, "done", current.version if current else None, detail)
+        self.state(WorkerActivity.IDLE)
         return True
 
     # -- one buffer --------------------------------------------------------------------------
@@ -406,18 +427,9 @@ class LearningWorker:
         """Name the candidate and move the staged folder there (another worker may race us).
         Only a candidate to promote takes the next version number (v1, v2, ...); a rejected
         one is kept under its buffer's name (buffer-7), so served versions count up without gaps."""
-        if promoted:
-            number = int(self.store.next_adapter_version().lstrip("v"))
-            names = (f"v{number + k}" for k in range(1000))
-        else:
-            names = (f"buffer-{buffer_id}" + (f"-{k}" if k else "") for k in range(1000))
-        for name in names:
-            if not (self.adapters_dir / name).exists():  # a folder without a row: left by a crash
-                try:
-                    return name, publish(stage, self.adapters_dir, name)
-                except FileExistsError:  # another worker took this name just now
-                    pass
-        raise RuntimeError("could not find a free adapter name")
+        names = (version_names(self.store.next_adapter_version()) if promoted else
+                 (f"buffer-{buffer_id}" + (f"-{k}" if k else "") for k in range(1000)))
+        return publish_first_free(stage, self.adapters_dir, names)
 
 
 def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, threading.Thread]:

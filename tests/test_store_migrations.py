@@ -14,7 +14,7 @@ import pytest
 import feedback_store.schema as schema
 from feedback_store import SCHEMA_VERSION, FeedbackStore, SchemaVersionError
 
-TABLES = ["adapter_versions", "buffer_items", "feedback", "images", "messages", "reviews", "sessions",
+TABLES = ["adapter_versions", "buffer_items", "feedback", "images", "jobs", "messages", "reviews", "sessions",
           "task_buffers", "worker_status"]
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from app.quotas import QuotaError
-from app.teaching import WAITING_FOR_REVIEW, Teaching
+from app.teaching import WAITING_FOR_REVIEW, Teaching, client_address
 from feedback_store import FeedbackStore, InvalidInputError, NotFoundError, parse_ids
 from llaca.config import Settings, SettingsError
 from tests.conftest import ROOT
@@ -110,20 +110,27 @@ def test_quotas_refuse_with_the_limit_named(store):
                   image_mb_per_day=0.0001)
     with pytest.raises(QuotaError, match="limit of 64 .LLACA_MAX_NEW_TOKENS"):
         t.quotas.check_tokens(65)
-    guest = store.start_session().id
-    author = store.author_of(guest)
-    request = SimpleNamespace(headers={"x-forwarded-for": "203.0.113.7, 10.0.0.1"}, client=None)
-    t.quotas.check_question(t.subjects(author, request), author)
-    t.quotas.check_question(t.subjects(author, request), author)
-    other = store.author_of(store.start_session().id)  # a new guest session from the same address
-    with pytest.raises(QuotaError, match="2 a minute per author .LLACA_QUESTIONS_PER_MINUTE"):
-        t.quotas.check_question(t.subjects(other, request), other)
+    request = SimpleNamespace(headers={"x-forwarded-for": "198.51.100.9, 203.0.113.7"},
+                              client=SimpleNamespace(host="10.0.0.1"))  # a proxy: its own entry is the last
+    assert client_address(request) == "203.0.113.7"
+    direct = SimpleNamespace(headers={"x-forwarded-for": "198.51.100.9"}, client=SimpleNamespace(host="93.184.216.34"))
+    assert client_address(direct) == "93.184.216.34"  # no proxy in between: a forged header is ignored
+    guest = store.start_session(address=t.address(request)).id
+    key = store.quota_key_of(guest)
+    assert key == "address:203.0.113.7"
+    t.quotas.check_question(key)
+    t.quotas.check_question(key)
+    other = store.start_session(address="203.0.113.7").id  # a new guest session from the same address
+    with pytest.raises(QuotaError, match="2 a minute from your network address .LLACA_QUESTIONS_PER_MINUTE"):
+        t.quotas.check_question(store.quota_key_of(other))
+    assert store.quota_key_of(store.start_session(address=t.address(SimpleNamespace(
+        headers={}, client=SimpleNamespace(host="127.0.0.1")))).id).startswith("guest-")  # this machine's own
+    _answer(store, guest)  # stores an image for this teacher
     with pytest.raises(QuotaError, match="LLACA_IMAGE_MB_PER_DAY"):
-        _answer(store, guest)  # stores an image for this author
-        t.quotas.check_question(["elsewhere"], author, image_bytes=1000)
+        _teaching(store, image_mb_per_day=0.0001).quotas.check_question(key, image_bytes=1000)
     t.correct(guest, _answer(store, guest), "blue")
     t.correct(guest, _answer(store, guest), "green")
-    with pytest.raises(QuotaError, match="2 an hour per author .LLACA_CORRECTIONS_PER_HOUR"):
+    with pytest.raises(QuotaError, match="2 an hour from your network address .LLACA_CORRECTIONS_PER_HOUR"):
         t.correct(guest, _answer(store, guest), "pink")
     s2 = store.start_session(user="bob").id
     t2 = _teaching(store, buffer_size=1, waiting_buffers=1)

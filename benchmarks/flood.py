@@ -1,0 +1,665 @@
+"""Flood: one anonymous guest floods /ask and /correct; does anybody else notice?
+
+One run against the real app (`python app.py` on 127.0.0.1, a temporary data dir, the
+in-app learning worker on, default settings and quotas):
+
+1. **idle**: client B (its own session and address) asks "What color is the shape?" about
+   a fresh synthetic image (a coloured circle on light grey, 64 px) every `--pace` s;
+   its latency is the wall time of `Client.predict` (upload + queue + answer).
+2. **flood** (`--flood-seconds`): client A, a guest at another address, floods from
+   `--a-threads` sessions as fast as it can: long questions (`--a-question-chars`) about
+   new images with `max_new_tokens` 1024 (the cap), and a junk /correct on every answer it
+   gets (and, when its question is refused, another junk correction of its last answer).
+   Probes: one 2,000-character question, one `max_new_tokens` over the cap, new sessions at
+   A's address once A's question quota is spent (they must be refused: a new session does
+   not reset a guest's count), and one session that forges an `X-Forwarded-For` entry in
+   front of the one the proxy appends (the app counts the proxy's own, last entry). B keeps asking at its pace and
+   corrects its first 8 answers ("The shape is <colour>.": the model answers one word and a
+   correction equal to the answer is refused), which makes B's buffer ready (size 8).
+3. **after**: A stops; B keeps asking until its buffer is learned (promoted or rejected) or
+   `--wait-timeout`. A monitor reads the store (read-only) every 0.5 s for every buffer's
+   status changes: which of A's buffers were waiting when B's became ready, and which were
+   learned first.
+
+The app runs with `--quotas public` (a Space's per-author quotas: bound to 127.0.0.1 it
+would default to the local ones, 600 questions a minute). A runs in its own process, at
+nice 19 (`--a-nice`): on a deployment the flooder's CPU is not the app's; here it shares
+the same cores, and its CPU time is reported. Printed and written (`--json`,
+`--out` .md): B's latency p50/p95 idle, during the flood, and after it (worker training),
+the ratio flood/idle (target at most `--limit`, 2x), A's accepted/refused calls by kind
+with the first refusal message of each limit, B's wait from its 8th correction to its
+buffer learned, and A's buffers ahead of it.
+
+    python benchmarks/flood.py                         # ~5.5 minutes on 2 CPU cores (most of it waiting for B's buffer)
+    python benchmarks/flood.py --flood-seconds 45 --json /tmp/flood.json --out /tmp/flood.md
+
+Exit status 0 when B's p50 and p95 during the flood are within `--limit` of idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import shlex
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = ROOT / "benchmarks" / "results" / "flood"
+B_QUESTION = "What color is the shape?"
+LONG_TEXT = ("Describe this picture in great detail: every object, its colour, its shape, where it is, how big "
+             "it is, what is next to it, and then say it all again in other words. ")
+GREY = (225, 225, 225)
+DONE = ("promoted", "rejected")
+
+
+# --- images ------------------------------------------------------------------------------------
+
+def circle_image(path: Path, rng: random.Random) -> str:
+    """A coloured circle on a light grey 64 px canvas; returns the colour's name."""
+    from PIL import Image, ImageDraw
+
+    from llaca.world.palette import COLORS
+
+    name = rng.choice(sorted(COLORS))
+    img = Image.new("RGB", (64, 64), GREY)
+    r = rng.randint(10, 20)
+    x, y = rng.randint(r + 2, 61 - r), rng.randint(r + 2, 61 - r)
+    ImageDraw.Draw(img).ellipse((x - r, y - r, x + r, y + r), fill=COLORS[name])
+    img.save(path)
+    return name
+
+
+def junk_image(path: Path, rng: random.Random) -> None:
+    """A new image every time: a few random rectangles (distinct bytes, so a new stored image)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (64, 64), tuple(rng.randint(180, 255) for _ in range(3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.randint(0, 50), rng.randint(0, 50)
+        d.rectangle((x0, y0, x0 + rng.randint(4, 14), y0 + rng.randint(4, 14)),
+                    fill=tuple(rng.randint(0, 255) for _ in range(3)))
+    img.save(path)
+
+
+def long_question(chars: int) -> str:
+    return (LONG_TEXT * (chars // len(LONG_TEXT) + 1))[:chars]
+
+
+# --- client A: the flood (its own process) -----------------------------------------------------
+
+def classify_error(e: BaseException) -> tuple[str, str]:
+    """(outcome, key): a quota refusal names its LLACA_* variable; anything else failed."""
+    msg = str(e)
+    m = re.search(r"\((LLACA_[A-Z_]+)\)", msg)
+    if m:
+        return "refused", m.group(1)
+    return ("failed", "app error") if type(e).__name__ == "AppError" else ("error", type(e).__name__)
+
+
+def flood_process(url: str, cfg: dict, out_path: str) -> None:
+    """Client A: `cfg["threads"]` sessions flood /ask + /correct until cfg["end"]; probes on the side."""
+    import resource
+    from collections import Counter
+
+    from gradio_client import Client, handle_file
+
+    if cfg["nice"]:
+        os.nice(cfg["nice"])
+    work = Path(cfg["work"])
+    lock = threading.Lock()
+    counts: Counter = Counter()  # (kind, outcome) -> n
+    first: dict[str, str] = {}  # "kind: key" -> first message
+    calls: list[dict] = []  # every call: t, kind, outcome, key, session
+    probes: list[dict] = []
+    question = long_question(cfg["question_chars"])
+
+    def call(kind: str, session: str, fn):
+        t0 = time.time()
+        try:
+            result, outcome, key, msg = fn(), "accepted", "", ""
+        except Exception as e:  # noqa: BLE001 - every refusal and failure is counted
+            result, (outcome, key), msg = None, classify_error(e), str(e)
+        with lock:
+            counts[(kind, outcome)] += 1
+            if outcome != "accepted":
+                first.setdefault(f"{kind}: {key}", msg)
+            calls.append({"t": t0, "dt": time.time() - t0, "kind": kind, "outcome": outcome, "key": key,
+                          "session": session})
+        return outcome == "accepted", result, msg
+
+    def client(address: str) -> Client:
+        return Client(url, verbose=False, headers={"X-Forwarded-For": address})
+
+    def image(tag: str, rng: random.Random) -> str:
+        path = work / f"a-{tag}-{uuid.uuid4().hex[:8]}.png"
+        junk_image(path, rng)
+        return str(path)
+
+    def junk(rng: random.Random) -> str:
+        words = ["zebra", "lorem", "banana", "purple!", "nonsense", "42", "qwerty", "flood", "spam", "xyzzy"]
+        return f"JUNK {uuid.uuid4().hex} " + " ".join(rng.choice(words) for _ in range(40))
+
+    def flooder(k: int) -> None:
+        rng, name = random.Random(cfg["seed"] + k), f"A{k + 1}"
+        c = client(cfg["address"])
+        answered: list[str] = []
+        while time.time() < cfg["start"]:
+            time.sleep(0.01)
+        while time.time() < cfg["end"]:
+            img = image(name, rng)
+            ok, r, _ = call("ask", name, lambda img=img: c.predict(handle_file(img), question, 0.0, 0.7,
+                                                                   cfg["max_new_tokens"], api_name="/ask"))
+            os.unlink(img)
+            if ok:
+                answered.append(r[1])
+            if answered and time.time() < cfg["end"]:  # a junk correction of the new (or last) answer
+                mid = answered[-1]
+                call("correct", name, lambda mid=mid: c.predict(mid, junk(rng), api_name="/correct"))
+
+    def probe(label: str, c: Client, q: str, max_new: int, expect: str, session: str) -> None:
+        rng = random.Random(hash(label))
+        img = image("probe", rng)
+        t0 = time.time()
+        ok, r, msg = call("ask", session, lambda: c.predict(handle_file(img), q, 0.0, 0.7, max_new, api_name="/ask"))
+        probes.append({"probe": label, "t": t0 - cfg["start"], "accepted": ok, "expected": expect,
+                       "message": msg if not ok else f"answered: {r[0]!r}"})
+
+    def prober() -> None:
+        c = client(cfg["address"])
+        while time.time() < cfg["start"]:
+            time.sleep(0.01)
+        probe("question of 2,000 characters", c, long_question(2000), cfg["max_new_tokens"],
+              "refused or failed (too long for the tiny model's 512-token context)", "P")
+        probe(f"max_new_tokens {cfg['max_new_tokens'] + 1}", c, "Describe the image.", cfg["max_new_tokens"] + 1,
+              "refused (LLACA_MAX_NEW_TOKENS)", "P")
+        # new sessions at A's address, once A's question quota is spent
+        deadline = cfg["start"] + min(30.0, (cfg["end"] - cfg["start"]) / 2)
+        while time.time() < deadline:
+            with lock:
+                if counts[("ask", "refused")] >= 3:
+                    break
+            time.sleep(0.2)
+        for i in range(cfg["extra_sessions"]):
+            probe(f"new session {i + 1} at A's address", client(cfg["address"]), "Describe the image.", 64,
+                  "refused (LLACA_QUESTIONS_PER_MINUTE, counted per address)", f"N{i + 1}")
+        if cfg["forged_address"]:
+            # a client can put anything in the header; the proxy appends the address it really saw
+            forged = f"{cfg['forged_address']}, {cfg['address']}"
+            probe(f"new session with a forged X-Forwarded-For: {forged}", client(forged),
+                  "Describe the image.", 64, "refused (the proxy's own, last entry counts)", "F")
+
+    threads = [threading.Thread(target=flooder, args=(k,), daemon=True) for k in range(cfg["threads"])]
+    threads.append(threading.Thread(target=prober, daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, cfg["end"] - time.time() + 120))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    Path(out_path).write_text(json.dumps({
+        "counts": {f"{k} {o}": n for (k, o), n in sorted(counts.items())},
+        "first_messages": first, "calls": calls, "probes": probes,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+    }))
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+def pct(xs: list[float], q: float) -> float | None:
+    """The q-quantile (0..1), linear between order statistics."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    i = (len(s) - 1) * q
+    lo = int(i)
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (i - lo)
+
+
+def stats(xs: list[float]) -> dict:
+    return {"n": len(xs), "p50_s": pct(xs, 0.5), "p95_s": pct(xs, 0.95), "mean_s": statistics.mean(xs) if xs else None,
+            "max_s": max(xs) if xs else None}
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def system_busy() -> float:
+    """CPU seconds all cores of this machine spent busy since boot (/proc/stat)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """CPU use during a phase: the app's, this process's (client B, the monitor), the whole
+    machine's, and so everyone else's (other processes on a shared machine; client A's when
+    its own figure is subtracted)."""
+
+    def __init__(self, pid: int) -> None:
+        import resource
+
+        self.pid, self.resource = pid, resource
+        self.w0, self.app0, self.self0, self.sys0 = time.time(), proc_cpu(pid), self.own(), system_busy()
+
+    def own(self) -> float:
+        ru = self.resource.getrusage(self.resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    def stop(self, a_client_cpu_s: float | None = None) -> dict:
+        wall, app, own, busy = time.time() - self.w0, proc_cpu(self.pid) - self.app0, self.own() - self.self0, \
+            system_busy() - self.sys0
+        others = busy - app - own - (a_client_cpu_s or 0.0)
+        return {"wall_s": wall, "app_cpu_s": app, "client_b_cpu_s": own, "a_client_cpu_s": a_client_cpu_s,
+                "machine_busy_s": busy, "others_cpu_s": others, "app_cpu_share": app / wall,
+                "others_cpu_share": others / wall, "loadavg_1m_at_end": os.getloadavg()[0]}
+
+
+class Monitor(threading.Thread):
+    """Reads every buffer's status from the store every `period` s; keeps the changes, timestamped."""
+
+    QUERY = """SELECT tb.id, tb.status, s.author, tb.ready_at, tb.reason,
+                      (SELECT count(*) FROM buffer_items bi WHERE bi.buffer_id = tb.id) AS size,
+                      (SELECT avg(length(bi.question) + length(bi.answer)) FROM buffer_items bi
+                       WHERE bi.buffer_id = tb.id) AS item_chars
+               FROM task_buffers tb JOIN sessions s ON s.id = tb.session_id"""
+
+    def __init__(self, db: Path, period: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.db, self.period = db, period
+        self.now: dict[int, dict] = {}
+        self.changes: list[dict] = []  # {t, id, author, status, size}
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.errors = 0
+
+    def read(self) -> dict[int, dict]:
+        conn = sqlite3.connect(str(self.db), timeout=5)
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            conn.row_factory = sqlite3.Row
+            return {r["id"]: dict(r) for r in conn.execute(self.QUERY)}
+        finally:
+            conn.close()
+
+    def poll(self) -> dict[int, dict]:
+        try:
+            rows = self.read()
+        except sqlite3.Error:
+            self.errors += 1
+            return self.now
+        t = time.time()
+        with self.lock:
+            for i, r in rows.items():
+                if i not in self.now or self.now[i]["status"] != r["status"]:
+                    self.changes.append({"t": t, "id": i, "author": r["author"], "status": r["status"],
+                                         "size": r["size"], "item_chars": r["item_chars"], "reason": r["reason"]})
+            self.now = rows
+        return rows
+
+    def training(self) -> bool:
+        with self.lock:
+            return any(r["status"] == "training" for r in self.now.values())
+
+    def when(self, buffer_id: int, statuses) -> float | None:
+        with self.lock:
+            return next((c["t"] for c in self.changes if c["id"] == buffer_id and c["status"] in statuses), None)
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.poll()
+            self.stopped.wait(self.period)
+
+
+class ClientB:
+    """The other user: one session, its own address, a fresh circle per question, at a steady pace."""
+
+    def __init__(self, url: str, address: str, work: Path, seed: int, monitor: Monitor) -> None:
+        from gradio_client import Client
+
+        self.c = Client(url, verbose=False, headers={"X-Forwarded-For": address})
+        self.work, self.rng, self.monitor = work, random.Random(seed), monitor
+        self.samples: list[dict] = []
+        self.corrections: list[dict] = []
+        self.errors: list[dict] = []
+        self.k = 0
+
+    def ask(self, phase: str, t0: float) -> dict | None:
+        from gradio_client import handle_file
+
+        self.k += 1
+        path = self.work / f"b-{self.k}.png"
+        colour = circle_image(path, self.rng)
+        training_before = self.monitor.training()
+        start = time.perf_counter()
+        try:
+            answer, mid, version = self.c.predict(handle_file(str(path)), B_QUESTION, 0.0, 0.7, 64, api_name="/ask")
+        except Exception as e:  # noqa: BLE001 - B being refused or failing is a finding, not a crash
+            self.errors.append({"phase": phase, "t": time.time() - t0, "error": f"{type(e).__name__}: {e}"})
+            return None
+        latency = time.perf_counter() - start
+        s = {"phase": phase, "t": round(time.time() - t0, 2), "latency_s": latency, "colour": colour,
+             "answer": answer, "message_id": mid, "version": version,
+             "worker_training": training_before or self.monitor.training()}
+        self.samples.append(s)
+        return s
+
+    def correct(self, s: dict, t0: float) -> dict | None:
+        text = f"The shape is {s['colour']}."
+        start = time.time()
+        try:
+            buffer_id, size, status = self.c.predict(s["message_id"], text, api_name="/correct")
+        except Exception as e:  # noqa: BLE001
+            self.errors.append({"phase": "correct", "t": start - t0, "error": f"{type(e).__name__}: {e}"})
+            return None
+        c = {"t_abs": time.time(), "t": round(time.time() - t0, 2), "message_id": s["message_id"],
+             "answer": s["answer"], "correction": text, "buffer_id": buffer_id, "size": size, "status": status}
+        self.corrections.append(c)
+        return c
+
+
+def paced(pace: float, until, bar=None):
+    """Yield at start + k * pace while until() says go on."""
+    start, k = time.perf_counter(), 0
+    while until():
+        wait = start + k * pace - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        if not until():
+            return
+        yield k
+        k += 1
+        if bar is not None:
+            bar.update(1)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/llava-tiny")
+    ap.add_argument("--baseline-n", type=int, default=12, help="B's questions while the app is idle")
+    ap.add_argument("--pace", type=float, default=3.5, help="seconds between B's questions (B's quota: 20 a minute)")
+    ap.add_argument("--flood-seconds", type=float, default=50.0,
+                    help="how long A floods (over 60 s, A's question window opens a second time)")
+    ap.add_argument("--a-threads", type=int, default=2, help="A's flooding sessions, one thread each")
+    ap.add_argument("--a-question-chars", type=int, default=800,
+                    help="length of A's questions (800: 474 tokens with the image, near the tiny model's 512-token context)")
+    ap.add_argument("--a-nice", type=int, default=19,
+                    help="niceness of A's client process: on a deployment its CPU is not the app's (0: compete)")
+    ap.add_argument("--max-new-tokens", type=int, default=1024, help="what A asks for (the app's cap by default)")
+    ap.add_argument("--extra-sessions", type=int, default=3, help="new A sessions at A's address, once its quota is spent")
+    ap.add_argument("--a-address", default="198.51.100.7", help="A's X-Forwarded-For (simulates a proxy)")
+    ap.add_argument("--b-address", default="203.0.113.20", help="B's X-Forwarded-For")
+    ap.add_argument("--forged-address", default="192.0.2.99", help="one A session claims this address ('' to skip)")
+    ap.add_argument("--corrections", type=int, default=8, help="B's corrections during the flood (the buffer size)")
+    ap.add_argument("--wait-timeout", type=float, default=200.0, help="most seconds after the flood to wait for B's buffer")
+    ap.add_argument("--limit", type=float, default=2.0, help="largest acceptable flood/idle ratio of B's p50 and p95")
+    ap.add_argument("--quotas", default="public",
+                    help="app.py --quotas: the per-author quota defaults (public: a Space's; on 127.0.0.1 the app "
+                         "would default to local, 600 questions a minute)")
+    ap.add_argument("--app-arg", action="append", default=[], help="extra argument for app.py (e.g. --idle-ready=0)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=RESULTS / "flood.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "flood.md")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/flood.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command.strip()
+
+    from tqdm import tqdm
+
+    from app.server import AppServer
+    from llaca.config import Settings
+
+    app_args = ([f"--quotas={args.quotas}"] if args.quotas and "quotas" in Settings.__dataclass_fields__ else []) + args.app_arg
+    effective = Settings.from_args(["--model", args.model, "--host", "127.0.0.1", *app_args])
+    quota_names = ("quotas", "questions_per_minute", "max_new_tokens", "corrections_per_hour", "waiting_buffers",
+                   "pending_reviews", "image_mb_per_day", "buffer_size", "concurrency", "teach", "idle_ready")
+    settings = {k: getattr(effective, k) for k in quota_names if hasattr(effective, k)}
+
+    work = Path(tempfile.mkdtemp(prefix="flood-"))
+    (work / "img").mkdir()
+    t_begin = time.time()
+    with AppServer(args.model, work / "data", args=app_args, worker=True, log_path=work / "app.log") as server:
+        print(f"app up in {time.time() - t_begin:.1f} s at {server.url} (data {work / 'data'})", file=sys.stderr)
+        monitor = Monitor(work / "data" / "store.db")
+        monitor.start()
+        pid = server.proc.pid
+        b = ClientB(server.url, args.b_address, work / "img", args.seed, monitor)
+        t0 = time.time()
+        for _ in range(2):  # warm-up (not counted)
+            b.ask("warm-up", t0)
+        b_author = b.c.predict(api_name="/status")["you"]["author"]
+        phases: dict[str, dict] = {}
+
+        # 1. idle
+        meter = Meter(pid)
+        with tqdm(total=args.baseline_n, desc="idle: B asks", file=sys.stderr) as bar:
+            for _ in paced(args.pace, lambda: len([s for s in b.samples if s["phase"] == "idle"]) + 
+                           len([e for e in b.errors if e["phase"] == "idle"]) < args.baseline_n, bar):
+                b.ask("idle", t0)
+        phases["idle"] = meter.stop()
+
+        # 2. flood
+        a_out = work / "a.json"
+        start = time.time() + 4.0  # A's process imports gradio_client meanwhile
+        cfg = {"start": start, "end": start + args.flood_seconds, "threads": args.a_threads,
+               "question_chars": args.a_question_chars, "max_new_tokens": args.max_new_tokens,
+               "address": args.a_address, "forged_address": args.forged_address,
+               "extra_sessions": args.extra_sessions, "seed": args.seed + 1000, "work": str(work / "img"),
+               "nice": args.a_nice}
+        proc = mp.get_context("spawn").Process(target=flood_process, args=(server.url, cfg, str(a_out)), daemon=True)
+        proc.start()
+        time.sleep(max(0.0, start - time.time()))
+        meter = Meter(pid)
+        b_ready: dict | None = None
+        at_ready: dict[int, dict] = {}
+        with tqdm(total=int(args.flood_seconds / args.pace) + 1, desc="flood: B asks", file=sys.stderr) as bar:
+            for _ in paced(args.pace, lambda: time.time() < cfg["end"], bar):
+                s = b.ask("flood", start)
+                if s and len(b.corrections) < args.corrections:
+                    c = b.correct(s, start)
+                    if c and c["status"] != "open" and b_ready is None:
+                        b_ready, at_ready = c, monitor.poll()
+        proc.join(timeout=180)
+        if proc.is_alive():
+            proc.terminate()
+        a = json.loads(a_out.read_text()) if a_out.exists() else {"counts": {}, "first_messages": {}, "calls": [],
+                                                                      "probes": [], "cpu_s": None, "missing": True}
+        phases["flood"] = meter.stop(a.get("cpu_s"))  # (A's CPU includes its start-up, a second or two)
+
+        # 3. after: B keeps asking (at its pace) until its buffer is learned
+        meter, w0 = Meter(pid), time.time()
+        b_buffer = b_ready["buffer_id"] if b_ready else None
+        decided = lambda: b_buffer is not None and monitor.when(b_buffer, DONE) is not None
+        with tqdm(desc="after: B asks, waits for its buffer", file=sys.stderr) as bar:
+            for _ in paced(args.pace, lambda: not decided() and time.time() - w0 < args.wait_timeout, bar):
+                b.ask("after", start)
+        phases["after"] = meter.stop()
+        monitor.poll()
+        monitor.stopped.set()
+        status = b.c.predict(api_name="/status")
+        log_tail = server.log()
+    total_wall = time.time() - t_begin
+
+    # --- figures ---
+    lat = {p: [s["latency_s"] for s in b.samples if s["phase"] == p] for p in ("idle", "flood", "after")}
+    b_stats = {p: stats(v) for p, v in lat.items()}
+    for p in ("flood", "after"):
+        for split, want in (("worker training", True), ("worker idle", False)):
+            xs = [s["latency_s"] for s in b.samples if s["phase"] == p and s["worker_training"] == want]
+            b_stats[f"{p}, {split}"] = stats(xs)
+    idle = b_stats["idle"]
+    ratio = {k: (b_stats["flood"][k] / idle[k]) if idle[k] and b_stats["flood"][k] else None for k in ("p50_s", "p95_s")}
+    verdict = "OK" if all(r is not None and r <= args.limit for r in ratio.values()) else "OVER"
+
+    # learning: B's wait and A's buffers ahead
+    learning: dict = {"b_author": b_author, "b_buffer": b_buffer}
+    if b_ready:
+        t_ready = b_ready["t_abs"]
+        b_claimed, b_done = monitor.when(b_buffer, ("training",)), monitor.when(b_buffer, DONE)
+        final_b = next((x for x in status["buffers"] if x["id"] == b_buffer), None)
+        a_bufs = {i: r for i, r in at_ready.items() if r["author"] != b_author}
+        a_ids = {c["id"] for c in monitor.changes if c["author"] != b_author}
+
+        def a_started(i):  # when buffer i went into training
+            return monitor.when(i, ("training",))
+
+        def a_done(i):
+            return monitor.when(i, DONE)
+
+        learning.update({
+            "b_ready_at_s": round(t_ready - start, 2),
+            "b_claimed_after_s": None if b_claimed is None else round(b_claimed - t_ready, 1),
+            "b_wait_to_learned_s": None if b_done is None else round(b_done - t_ready, 1),
+            "b_outcome": final_b["status"] if final_b else None,
+            "b_reason": final_b["reason"] if final_b else None,
+            "a_buffers_at_b_ready": {st: sorted(i for i, r in a_bufs.items() if r["status"] == st)
+                                     for st in ("training", "ready", "open")},
+            "a_learned_before_b": sorted(i for i in a_ids if a_done(i) and (b_done is None or a_done(i) <= b_done)
+                                         and a_done(i) >= t_ready),
+            "a_started_after_b_ready_before_b": sorted(
+                i for i in a_ids if a_started(i) and a_started(i) > t_ready and (b_claimed is None or a_started(i) < b_claimed)),
+            "a_authors": sorted({c["author"] for c in monitor.changes if c["author"] != b_author}),
+        })
+    trained = {}  # buffer id -> seconds from claimed to decided
+    for c in monitor.changes:
+        if c["status"] in DONE and (t := monitor.when(c["id"], ("training",))) is not None:
+            trained[c["id"]] = {"who": "B" if c["author"] == b_author else "A", "status": c["status"],
+                                "training_s": round(c["t"] - t, 1), "size": c["size"],
+                                "mean_item_chars": round(c["item_chars"] or 0)}
+    still = {c["id"]: ("B" if c["author"] == b_author else "A") for c in monitor.changes
+             if c["status"] == "training" and c["id"] not in trained}
+    learning["training_s"] = trained
+    learning["still_training_at_end"] = {i: {"who": w, "for_s": round(time.time() - monitor.when(i, ("training",)), 1)}
+                                         for i, w in still.items()}
+    timeline = [{**c, "t": round(c["t"] - start, 1), "who": "B" if c["author"] == b_author else "A"}
+                for c in monitor.changes]
+
+    a_counts = a["counts"]
+    result = {
+        "command": command,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count()},
+        "app_args": app_args, "settings": settings,
+        "total_wall_s": round(total_wall, 1),
+        "b_latency": b_stats, "ratio_flood_over_idle": ratio, "limit": args.limit, "verdict": verdict,
+        "b_errors": b.errors, "b_corrections": [{k: v for k, v in c.items() if k != "t_abs"} for c in b.corrections],
+        "a_counts": a_counts, "a_first_refusals": a["first_messages"], "a_probes": a["probes"],
+        "a_accepted_ask_times_s": [round(c["t"] - start, 2) for c in a["calls"] if c["kind"] == "ask" and c["outcome"] == "accepted"],
+        "a_calls_per_s": len(a["calls"]) / args.flood_seconds,
+        "phases": phases, "learning": learning, "buffer_timeline": timeline,
+        "b_samples": [{k: v for k, v in s.items() if k != "message_id"} for s in b.samples],
+        "monitor_read_errors": monitor.errors,
+        "app_log_tail": log_tail[-3000:],
+    }
+    text = report(result)
+    print(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1, default=str))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    return 0 if verdict == "OK" else 1
+
+
+def fmt(x, unit="s", nd=2) -> str:
+    return "-" if x is None else f"{x:.{nd}f} {unit}".strip()
+
+
+def report(r: dict) -> str:
+    b, ph, L = r["b_latency"], r["phases"], r["learning"]
+    lines = [
+        "# Flood: one guest floods /ask and /correct; another user's chat and corrections",
+        "",
+        f"    {r['command']}",
+        "",
+        f"Real app (`app.py {' '.join(r['app_args'])}`, tiny model, in-app learning worker; {r['machine']['cpus']} CPU "
+        f"cores, A's client on the same cores at nice {r['args']['a_nice']}). Total {r['total_wall_s']:.0f} s. Settings: "
+        + ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + ".",
+        "",
+        "## B's chat latency (wall time of `/ask`, upload + queue + answer)",
+        "",
+        "| phase | n | p50 | p95 | max | app CPU (cores) | other processes' CPU (cores) | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in ("idle", "flood", "after"):
+        lines.append(f"| {p} | {b[p]['n']} | {fmt(b[p]['p50_s'])} | {fmt(b[p]['p95_s'])} | {fmt(b[p]['max_s'])} | "
+                     f"{fmt(ph[p]['app_cpu_share'], '', 2)} | {fmt(ph[p]['others_cpu_share'], '', 2)} | "
+                     f"{fmt(ph[p]['loadavg_1m_at_end'], '', 1)} |")
+    for k in ("flood, worker training", "flood, worker idle", "after, worker training", "after, worker idle"):
+        if b[k]["n"]:
+            lines.append(f"| {k} | {b[k]['n']} | {fmt(b[k]['p50_s'])} | {fmt(b[k]['p95_s'])} | {fmt(b[k]['max_s'])} "
+                         "| | | |")
+    lines += ["", ("Other processes: the machine's busy CPU less the app's, client B's and client A's (another "
+              "engineer's tests or benchmarks on a shared machine inflate every figure here).")]
+    rt = r["ratio_flood_over_idle"]
+    lines += ["", (f"Flood/idle: p50 x{fmt(rt['p50_s'], '', 2)}, p95 x{fmt(rt['p95_s'], '', 2)} "
+                   f"(target at most x{r['limit']:.1f}): **{r['verdict']}**. A's client used "
+                   f"{fmt(ph['flood'].get('a_client_cpu_s'), 's', 1)} CPU in the {ph['flood']['wall_s']:.0f} s flood.")]
+    if r["b_errors"]:
+        lines += ["", f"B's refused/failed calls: {len(r['b_errors'])}; first: {r['b_errors'][0]['error']}"]
+    lines += ["", "## A's calls during the flood", "",
+              f"{sum(r['a_counts'].values())} calls ({r['a_calls_per_s']:.1f}/s): "
+              + ", ".join(f"{k} {v}" for k, v in r["a_counts"].items()) + ".",
+              f"A's accepted questions at (s into the flood): {r['a_accepted_ask_times_s']}", "",
+              "First refusal (or failure) of each kind:", ""]
+    lines += [f"- {k}: {v}" for k, v in r["a_first_refusals"].items()]
+    lines += ["", "Probes:", ""]
+    lines += [(f"- {p['probe']} (at {p['t']:.1f} s): {'accepted' if p['accepted'] else 'refused'}; "
+               f"expected {p['expected']}. {p['message']}") for p in r["a_probes"]]
+    lines += ["", "## Learning: B's buffer among A's", ""]
+    if L.get("b_buffer") is None:
+        lines.append("B's buffer never became ready.")
+    else:
+        ab = L["a_buffers_at_b_ready"]
+        if L.get("b_wait_to_learned_s") is not None:
+            fate = (f"Claimed by the worker {fmt(L['b_claimed_after_s'], 's', 1)} later; {L['b_outcome']} "
+                    f"{fmt(L['b_wait_to_learned_s'], 's', 1)} after the 8th correction"
+                    + (f" ({L['b_reason']})." if L.get("b_reason") else "."))
+        else:
+            fate = (f"**Not learned** within the wait (--wait-timeout {r['args']['wait_timeout']} s after the flood): "
+                    f"still {L['b_outcome']} at the end"
+                    + (f", claimed {fmt(L['b_claimed_after_s'], 's', 1)} after it was ready." if L["b_claimed_after_s"]
+                       is not None else ", never claimed."))
+        trained = "; ".join(f"{v['who']}#{i} {v['training_s']:.0f} s ({v['status']}; {v['size']} items of "
+                            f"{v['mean_item_chars']} characters, question + answer)" for i, v in L["training_s"].items())
+        trained += "".join(f"; {v['who']}#{i} still training after {v['for_s']:.0f} s"
+                           for i, v in L["still_training_at_end"].items())
+        lines += [
+            f"B's 8th correction at {L['b_ready_at_s']:.1f} s into the flood made buffer {L['b_buffer']} ready. {fate}",
+            "",
+            (f"A's buffers at that moment: training {ab['training']}, ready {ab['ready']}, open {ab['open']}. "
+            f"A's buffers learned after B's was ready and before it: {L['a_learned_before_b']}; claimed after B's was "
+            f"ready but before it: {L['a_started_after_b_ready_before_b']}. A's authors (one per guest session): "
+            f"{', '.join(L['a_authors'])}."),
+            "",
+            f"Training time, claimed to decided: {trained or 'none finished'}.",
+        ]
+    lines += ["", "Buffer timeline (s into the flood): " + "; ".join(
+        f"{c['t']:.1f} {c['who']}#{c['id']} {c['status']}" + (f"({c['size']})" if c["status"] == "ready" else "")
+        for c in r["buffer_timeline"] if c["status"] != "open")]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
