@@ -150,7 +150,7 @@ def evidence_by_author(earlier, author_of: dict[int, str], run_authors: set[str]
     return [(a, its[-MAX_EVIDENCE:]) for a, its in sorted(ranked)]
 
 
-def _recover(worker, buffer, group: str) -> tuple[str, str] | None:
+def _recover(worker, buffer, group: str) -> tuple[str, str, str] | None:
     """Finish a version a crashed attempt already published for (buffer, group)."""
     store = worker.store
     for a in store.list_adapters():
@@ -161,7 +161,7 @@ def _recover(worker, buffer, group: str) -> tuple[str, str] | None:
             a = store.promote_adapter(a.version) if record.guard.passed else store.reject_adapter(a.version, record.guard.reason)
         _record_outcome(store, a.version, a.status != AdapterStatus.REJECTED, record.guard.reason, record.tune.get("items") or {})
         log.info("buffer %s group %s: recovered %s (%s) from an interrupted run", buffer.id, group, a.version, a.status)
-        return (a.version, "promoted" if a.status != AdapterStatus.REJECTED else "rejected")
+        return (a.version, "promoted" if a.status != AdapterStatus.REJECTED else "rejected", record.guard.reason)
     return None
 
 
@@ -186,20 +186,21 @@ def process_groups(worker, buffer, lost: threading.Event) -> str:
     if not items:
         return worker._finish(buffer, BufferStatus.REJECTED, "no corrections with an image to learn from", None)
     groups = assign_groups(worker, buffer, items)
-    outcomes: list[tuple[str, str, str]] = []  # (group, version, promoted|rejected)
+    outcomes: list[tuple[str, str, str, str]] = []  # (group, version, promoted|rejected, the guard's reason)
     for group in dict.fromkeys(groups[it.id] for it in sorted(items, key=lambda i: i.id)):
         if lost.is_set():
             raise LeaseLost(f"lost the lease on buffer {buffer.id}")
         done = _recover(worker, buffer, group) or _run_group(worker, buffer, group, lost)
         outcomes.append((group, *done))
-    promoted = [v for _, v, o in outcomes if o == "promoted"]
-    reason = "; ".join(f"group {g}: {v} {o}" for g, v, o in outcomes)
+    promoted = [v for _, v, o, _ in outcomes if o == "promoted"]
+    reason = "; ".join(f"group {g}: {v} {o}" + (f" ({why})" if o == "rejected" else "") for g, v, o, why in outcomes)
+    reason = reason if len(reason) <= 3000 else reason[:2999] + "…"
     if promoted:
         return worker._finish(buffer, BufferStatus.PROMOTED, reason, promoted[-1])
     return worker._finish(buffer, BufferStatus.REJECTED, reason, outcomes[-1][1] if outcomes else None)
 
 
-def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, str]:
+def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, str, str]:
     from .worker import LeaseLost
 
     cfg, store, settings = worker.cfg, worker.store, worker.settings
@@ -301,4 +302,4 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
                              f"group {group} ({report.reason})", contradicted)
     log.info("buffer %s group %s: %s %s (%s)", buffer.id, group, name, "promoted" if report.passed else "rejected",
              report.reason)
-    return name, "promoted" if report.passed else "rejected"
+    return name, "promoted" if report.passed else "rejected", report.reason

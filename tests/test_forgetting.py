@@ -82,9 +82,11 @@ def test_a_conflict_needs_few_items_to_object_and_ignores_one_slip():
     one_slip = PairedSet("what ada taught", CONFLICT, [False] + [True] * 7, [True] * 8)
     assert decide_paired([probes, one_slip], margin=5.0).passed
     two_of_eight = PairedSet("what ada taught", CONFLICT, [False, False] + [True] * 6, [True] * 8)
-    assert decide_paired([probes, two_of_eight], margin=5.0).passed  # under a third: noise, not a conflict
-    flipped = PairedSet("what ada taught", CONFLICT, [False] * 7 + [True], [True] * 8)
-    assert not decide_paired([probes, flipped], margin=5.0).passed
+    assert not decide_paired([probes, two_of_eight], margin=5.0).passed  # one buffer's evidence has teeth
+    noise = PairedSet("what ada taught", CONFLICT, [False, False, True, True] + [True] * 4, [True, True, False, False] + [True] * 4)
+    assert decide_paired([probes, noise], margin=5.0).passed  # as many fixed as broken: not a conflict
+    five_of_24 = PairedSet("what ada taught", CONFLICT, [False] * 5 + [True] * 19, [True] * 24)
+    assert not decide_paired([probes, five_of_24], margin=5.0).passed  # the measured mirrored poison
 
 
 def test_a_conflict_held_for_review_overrules_the_other_author_only_when_approved(store):
