@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out / "chat.png"), full_page=True)
         page.get_by_role("tab", name="Learning dashboard").click()
+        page.wait_for_timeout(3000)  # the tab's own (visitor's) refresh lands first
         page.locator("#llaca-admin-password input").fill("screenshots")  # the admin's view: group names, review
         page.get_by_role("button", name="Unlock admin views").click()
         page.wait_for_timeout(3000)

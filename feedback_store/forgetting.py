@@ -110,6 +110,7 @@ class Forgetting(StoreBase):
             db.execute(f"DELETE FROM messages WHERE session_id IN ({marks})", sessions)
             db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", sessions)
             gone = self._unused_images(db, images)
+            self._retry_conflicts(db, groups, author)
         self._remove_image_files(gone)
         log.info("forgot author %s: %d session(s), %d correction(s), %d message(s), %d image(s); groups %s",
                  author, len(sessions), corrections, messages, len(gone), groups)
@@ -130,8 +131,17 @@ class Forgetting(StoreBase):
             db.execute("DELETE FROM reviews WHERE feedback_id = ?", [fid])
             db.execute("DELETE FROM buffer_items WHERE feedback_id = ?", [fid])
             db.execute("DELETE FROM feedback WHERE id = ?", [fid])
+            self._retry_conflicts(db, groups, f"correction {fid}")
         log.info("forgot correction %d (author %s); groups %s", fid, author, groups)
         return ForgetReport(author, 0, 1, 0, 0, tuple(groups))
+
+    def _retry_conflicts(self, db, groups, forgotten: str) -> None:
+        """Corrections set aside as conflicts in these groups are retried with the group's next run:
+        what they conflicted with may be what was just forgotten (if not, they are refused again)."""
+        for group in groups:
+            db.execute("UPDATE buffer_items SET refusals = 0, pending_reason = ?, updated_at = ? WHERE group_id = ? "
+                       "AND learned_in IS NULL AND pending_reason LIKE 'conflict: %'",
+                       [f"retried with this group's next corrections: {forgotten} was forgotten", self._now(), group])
 
     @staticmethod
     def _unused_images(db, shas: set[str]) -> list[tuple[str, str]]:

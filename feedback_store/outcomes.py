@@ -19,7 +19,7 @@ from .base import StoreBase
 from .errors import InvalidInputError
 from .queries import one, require_adapter, set_item_column
 from .records import BufferItem, from_row
-from .status import BufferStatus
+from .status import MAX_REFUSALS, BufferStatus
 
 
 def _ids(item_ids: Iterable[int]) -> list[int]:
@@ -86,6 +86,20 @@ class Outcomes(StoreBase):
                 changed += db.execute("UPDATE buffer_items SET pending_reason = ?, refusals = refusals + ?, "
                                       "updated_at = ? WHERE id = ? AND learned_in IS NULL",
                                       [reason[:4000], int(refused), now, item_id]).rowcount
+            return changed
+
+    def set_aside(self, item_ids: Iterable[int], reason: str) -> int:
+        """Stop retrying these unlearned items (a run that trained on them contradicted other
+        authors): they keep ``reason`` (which starts "conflict: ") until an admin acts, and no
+        later run of the group trains on them meanwhile. Forgetting the author they conflicted
+        with lets them be retried (``Forgetting``)."""
+        ids = _ids(item_ids)
+        with self._conns.write() as db:
+            now, changed = self._now(), 0
+            for item_id in ids:
+                changed += db.execute("UPDATE buffer_items SET refusals = ?, pending_reason = ?, updated_at = ? "
+                                      "WHERE id = ? AND learned_in IS NULL",
+                                      [MAX_REFUSALS, reason[:4000], now, item_id]).rowcount
             return changed
 
     def train_on(self, item_ids: Iterable[int]) -> None:

@@ -295,11 +295,14 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
         else:
             store.reject_adapter(name, report.reason)
     _record_outcome(store, name, report.passed, report.reason, items)
-    if conflict and settings.teach == "review":  # the admin decides who is right; until then nothing retries it
-        names = ", ".join(run_authors)
-        store.hold_conflicts([it.id for it in train] + items["heldout_wrong"] + items["heldout_right"],
-                             f"{names}'s corrections contradict what {', '.join(a for a, _ in evidence)} taught "
-                             f"group {group} ({report.reason})", contradicted)
+    if conflict:  # the admin decides who is right; until then no run of the group trains on these again
+        ids = [it.id for it in train] + items["heldout_wrong"] + items["heldout_right"]
+        why = (f"{', '.join(run_authors)}'s corrections contradict what {', '.join(a for a, _ in evidence)} taught "
+               f"group {group} ({report.reason})")
+        if settings.teach == "review":
+            store.hold_conflicts(ids, why, contradicted)
+        else:
+            store.set_aside(ids, f"conflict: {why}")
     log.info("buffer %s group %s: %s %s (%s)", buffer.id, group, name, "promoted" if report.passed else "rejected",
              report.reason)
     return name, "promoted" if report.passed else "rejected", report.reason

@@ -130,3 +130,18 @@ def test_provenance_survives_the_disk_and_dropping_a_group(tmp_path):
     assert list(dropped.adapters) == ["g2"] and dropped.authors == {"g2": ["ada", "bob"]}
     out = dropped.write(tmp_path / "v4")
     assert (out / "g2" / ADAPTER_FILES[1]).stat().st_ino == (tmp_path / "v3" / "g2" / ADAPTER_FILES[1]).stat().st_ino
+
+
+def test_conflicts_set_aside_are_not_retried_until_the_author_they_contradict_is_forgotten(store):
+    ada, bob = store.start_session(user="ada").id, store.start_session(user="bob").id
+    _corrected(store, ada, "red", "blue", threshold=1)
+    _corrected(store, bob, "red", "purple", threshold=1)
+    (learned,), (contra,) = store.session_buffers(ada)[0].items, store.session_buffers(bob)[0].items
+    store.set_item_groups(learned.buffer_id, {learned.id: "g1"})
+    store.set_item_groups(contra.buffer_id, {contra.id: "g1"})
+    assert store.set_aside([contra.id], "conflict: bob's corrections contradict what ada taught") == 1
+    (item,) = store.session_buffers(bob)[0].items
+    assert item.refusals == MAX_REFUSALS and item.pending_reason.startswith("conflict: ")
+    store.forget_author("ada")
+    (item,) = store.session_buffers(bob)[0].items
+    assert item.refusals == 0 and "ada was forgotten" in item.pending_reason

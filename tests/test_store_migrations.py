@@ -89,8 +89,11 @@ def _version3_schema() -> str:
     """The schema as version 3 wrote it: no authors, no review queue."""
     from feedback_store.schema import SCHEMA
 
-    v3 = SCHEMA.replace("    client TEXT,\n    author TEXT\n", "    client TEXT\n")
-    v3 = v3.replace("CREATE INDEX idx_sessions_author ON sessions(author);", "")
+    v3 = SCHEMA.replace("    client TEXT,\n    author TEXT,\n    quota_key TEXT\n", "    client TEXT\n")
+    for index in ("CREATE INDEX idx_sessions_author ON sessions(author);",
+                  "CREATE INDEX idx_sessions_quota_key ON sessions(quota_key);"):
+        v3 = v3.replace(index, "")
+    assert "author" not in v3[:v3.index("CREATE TABLE images")]
     return v3[:v3.index("CREATE TABLE reviews")] + v3[v3.index("CREATE TABLE worker_status"):]
 
 
@@ -104,7 +107,7 @@ def test_a_version_3_database_is_upgraded_in_place_with_authors(tmp_path):
     conn.close()
     with FeedbackStore(tmp_path) as store:
         assert store.author_of("0123456789ab-guest") == "guest-01234567"
-        assert store.author_of("s2") == "ada"
+        assert store.author_of("s2") == "ada" and store.quota_key_of("s2") == "ada"
         assert store.pending_reviews() == []
     version, tables, indexes = inspect(tmp_path / "store.db")
     assert version == SCHEMA_VERSION and tables == TABLES and "idx_sessions_author" in indexes
