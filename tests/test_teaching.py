@@ -144,8 +144,11 @@ def test_the_oauth_profile_names_the_author(tmp_path, tiny):
     from app.services import create_services
     from app.state import SessionState
 
+    import torch
+
     image = tmp_path / "red.png"
     image.write_bytes(_png())
+    threads = torch.get_num_threads()  # an answer sets the process's torch threads (chat_threads): put them back
     svc = create_services(Settings(data_dir=tmp_path / "data", device="cpu"), lm=tiny)
     try:
         api, state = ApiHandlers(svc), SessionState()
@@ -155,6 +158,7 @@ def test_the_oauth_profile_names_the_author(tmp_path, tiny):
         assert api.status(state, None, profile)["you"]["author"] == "ada-l"
     finally:
         svc.store.close()
+        torch.set_num_threads(threads)
 
 
 def test_quota_defaults_follow_the_deployment_and_each_can_be_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 import tempfile
@@ -142,7 +144,7 @@ def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
 @pytest.mark.slow
 def test_a_shortened_build_learns(tmp_path):
     # bf16 autocast: the faster path (`--mixed-precision bf16`); fp32 is the same loop with no context
-    cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=None,
+    cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=os.cpu_count() or 1,
                       vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40), mixed_precision="bf16")
     record = build(cfg, tmp_path / "tiny", progress=False)
     vision = record["vision_pretraining"]
