@@ -143,9 +143,10 @@ def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
 
 @pytest.mark.slow
 def test_a_shortened_build_learns(tmp_path):
-    # bf16 autocast: the faster path (`--mixed-precision bf16`); fp32 is the same loop with no context
+    # fp32: on a CPU without bf16 instructions a bf16 matmul is ~50x slower than fp32 (9.5 vs 472 ms for
+    # 512x512 here), which made this test run for 20+ minutes; the bf16 context is checked on its own below
     cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=os.cpu_count() or 1,
-                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40), mixed_precision="bf16")
+                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40), mixed_precision="no")
     record = build(cfg, tmp_path / "tiny", progress=False)
     vision = record["vision_pretraining"]
     assert vision["loss_last_50"] < 0.8 * vision["loss_first_50"]
