@@ -43,7 +43,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import re
 import shlex
 import sqlite3
 import statistics
@@ -51,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,161 +60,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = ROOT / "benchmarks" / "results" / "flood"
 B_QUESTION = "What color is the shape?"
-LONG_TEXT = ("Describe this picture in great detail: every object, its colour, its shape, where it is, how big "
-             "it is, what is next to it, and then say it all again in other words. ")
-GREY = (225, 225, 225)
+from flood_guest import circle_image, flood_process  # noqa: E402  (beside this script)
+from flood_report import report  # noqa: E402
 DONE = ("promoted", "rejected")
 
 
 # --- images ------------------------------------------------------------------------------------
-
-def circle_image(path: Path, rng: random.Random) -> str:
-    """A coloured circle on a light grey 64 px canvas; returns the colour's name."""
-    from PIL import Image, ImageDraw
-
-    from llaca.world.palette import COLORS
-
-    name = rng.choice(sorted(COLORS))
-    img = Image.new("RGB", (64, 64), GREY)
-    r = rng.randint(10, 20)
-    x, y = rng.randint(r + 2, 61 - r), rng.randint(r + 2, 61 - r)
-    ImageDraw.Draw(img).ellipse((x - r, y - r, x + r, y + r), fill=COLORS[name])
-    img.save(path)
-    return name
-
-
-def junk_image(path: Path, rng: random.Random) -> None:
-    """A new image every time: a few random rectangles (distinct bytes, so a new stored image)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (64, 64), tuple(rng.randint(180, 255) for _ in range(3)))
-    d = ImageDraw.Draw(img)
-    for _ in range(4):
-        x0, y0 = rng.randint(0, 50), rng.randint(0, 50)
-        d.rectangle((x0, y0, x0 + rng.randint(4, 14), y0 + rng.randint(4, 14)),
-                    fill=tuple(rng.randint(0, 255) for _ in range(3)))
-    img.save(path)
-
-
-def long_question(chars: int) -> str:
-    return (LONG_TEXT * (chars // len(LONG_TEXT) + 1))[:chars]
-
-
-# --- client A: the flood (its own process) -----------------------------------------------------
-
-def classify_error(e: BaseException) -> tuple[str, str]:
-    """(outcome, key): a quota refusal names its LLACA_* variable; anything else failed."""
-    msg = str(e)
-    m = re.search(r"\((LLACA_[A-Z_]+)\)", msg)
-    if m:
-        return "refused", m.group(1)
-    return ("failed", "app error") if type(e).__name__ == "AppError" else ("error", type(e).__name__)
-
-
-def flood_process(url: str, cfg: dict, out_path: str) -> None:
-    """Client A: `cfg["threads"]` sessions flood /ask + /correct until cfg["end"]; probes on the side."""
-    import resource
-    from collections import Counter
-
-    from gradio_client import Client, handle_file
-
-    if cfg["nice"]:
-        os.nice(cfg["nice"])
-    work = Path(cfg["work"])
-    lock = threading.Lock()
-    counts: Counter = Counter()  # (kind, outcome) -> n
-    first: dict[str, str] = {}  # "kind: key" -> first message
-    calls: list[dict] = []  # every call: t, kind, outcome, key, session
-    probes: list[dict] = []
-    question = long_question(cfg["question_chars"])
-
-    def call(kind: str, session: str, fn):
-        t0 = time.time()
-        try:
-            result, outcome, key, msg = fn(), "accepted", "", ""
-        except Exception as e:  # noqa: BLE001 - every refusal and failure is counted
-            result, (outcome, key), msg = None, classify_error(e), str(e)
-        with lock:
-            counts[(kind, outcome)] += 1
-            if outcome != "accepted":
-                first.setdefault(f"{kind}: {key}", msg)
-            calls.append({"t": t0, "dt": time.time() - t0, "kind": kind, "outcome": outcome, "key": key,
-                          "session": session})
-        return outcome == "accepted", result, msg
-
-    def client(address: str) -> Client:
-        return Client(url, verbose=False, headers={"X-Forwarded-For": address})
-
-    def image(tag: str, rng: random.Random) -> str:
-        path = work / f"a-{tag}-{uuid.uuid4().hex[:8]}.png"
-        junk_image(path, rng)
-        return str(path)
-
-    def junk(rng: random.Random) -> str:
-        words = ["zebra", "lorem", "banana", "purple!", "nonsense", "42", "qwerty", "flood", "spam", "xyzzy"]
-        return f"JUNK {uuid.uuid4().hex} " + " ".join(rng.choice(words) for _ in range(40))
-
-    def flooder(k: int) -> None:
-        rng, name = random.Random(cfg["seed"] + k), f"A{k + 1}"
-        c = client(cfg["address"])
-        answered: list[str] = []
-        while time.time() < cfg["start"]:
-            time.sleep(0.01)
-        while time.time() < cfg["end"]:
-            img = image(name, rng)
-            ok, r, _ = call("ask", name, lambda img=img: c.predict(handle_file(img), question, 0.0, 0.7,
-                                                                   cfg["max_new_tokens"], api_name="/ask"))
-            os.unlink(img)
-            if ok:
-                answered.append(r[1])
-            if answered and time.time() < cfg["end"]:  # a junk correction of the new (or last) answer
-                mid = answered[-1]
-                call("correct", name, lambda mid=mid: c.predict(mid, junk(rng), api_name="/correct"))
-
-    def probe(label: str, c: Client, q: str, max_new: int, expect: str, session: str) -> None:
-        rng = random.Random(hash(label))
-        img = image("probe", rng)
-        t0 = time.time()
-        ok, r, msg = call("ask", session, lambda: c.predict(handle_file(img), q, 0.0, 0.7, max_new, api_name="/ask"))
-        probes.append({"probe": label, "t": t0 - cfg["start"], "accepted": ok, "expected": expect,
-                       "message": msg if not ok else f"answered: {r[0]!r}"})
-
-    def prober() -> None:
-        c = client(cfg["address"])
-        while time.time() < cfg["start"]:
-            time.sleep(0.01)
-        probe("question of 2,000 characters", c, long_question(2000), cfg["max_new_tokens"],
-              "refused or failed (too long for the tiny model's 512-token context)", "P")
-        probe(f"max_new_tokens {cfg['max_new_tokens'] + 1}", c, "Describe the image.", cfg["max_new_tokens"] + 1,
-              "refused (LLACA_MAX_NEW_TOKENS)", "P")
-        # new sessions at A's address, once A's question quota is spent
-        deadline = cfg["start"] + min(30.0, (cfg["end"] - cfg["start"]) / 2)
-        while time.time() < deadline:
-            with lock:
-                if counts[("ask", "refused")] >= 3:
-                    break
-            time.sleep(0.2)
-        for i in range(cfg["extra_sessions"]):
-            probe(f"new session {i + 1} at A's address", client(cfg["address"]), "Describe the image.", 64,
-                  "refused (LLACA_QUESTIONS_PER_MINUTE, counted per address)", f"N{i + 1}")
-        if cfg["forged_address"]:
-            # a client can put anything in the header; the proxy appends the address it really saw
-            forged = f"{cfg['forged_address']}, {cfg['address']}"
-            probe(f"new session with a forged X-Forwarded-For: {forged}", client(forged),
-                  "Describe the image.", 64, "refused (the proxy's own, last entry counts)", "F")
-
-    threads = [threading.Thread(target=flooder, args=(k,), daemon=True) for k in range(cfg["threads"])]
-    threads.append(threading.Thread(target=prober, daemon=True))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(1.0, cfg["end"] - time.time() + 120))
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    Path(out_path).write_text(json.dumps({
-        "counts": {f"{k} {o}": n for (k, o), n in sorted(counts.items())},
-        "first_messages": first, "calls": calls, "probes": probes,
-        "cpu_s": ru.ru_utime + ru.ru_stime,
-    }))
 
 
 # --- measurements -------------------------------------------------------------------------------
@@ -580,85 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     return 0 if verdict == "OK" else 1
-
-
-def fmt(x, unit="s", nd=2) -> str:
-    return "-" if x is None else f"{x:.{nd}f} {unit}".strip()
-
-
-def report(r: dict) -> str:
-    b, ph, L = r["b_latency"], r["phases"], r["learning"]
-    lines = [
-        "# Flood: one guest floods /ask and /correct; another user's chat and corrections",
-        "",
-        f"    {r['command']}",
-        "",
-        f"Real app (`app.py {' '.join(r['app_args'])}`, tiny model, in-app learning worker; {r['machine']['cpus']} CPU "
-        f"cores, A's client on the same cores at nice {r['args']['a_nice']}). Total {r['total_wall_s']:.0f} s. Settings: "
-        + ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + ".",
-        "",
-        "## B's chat latency (wall time of `/ask`, upload + queue + answer)",
-        "",
-        "| phase | n | p50 | p95 | max | app CPU (cores) | other processes' CPU (cores) | load avg (1 min) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in ("idle", "flood", "after"):
-        lines.append(f"| {p} | {b[p]['n']} | {fmt(b[p]['p50_s'])} | {fmt(b[p]['p95_s'])} | {fmt(b[p]['max_s'])} | "
-                     f"{fmt(ph[p]['app_cpu_share'], '', 2)} | {fmt(ph[p]['others_cpu_share'], '', 2)} | "
-                     f"{fmt(ph[p]['loadavg_1m_at_end'], '', 1)} |")
-    for k in ("flood, worker training", "flood, worker idle", "after, worker training", "after, worker idle"):
-        if b[k]["n"]:
-            lines.append(f"| {k} | {b[k]['n']} | {fmt(b[k]['p50_s'])} | {fmt(b[k]['p95_s'])} | {fmt(b[k]['max_s'])} "
-                         "| | | |")
-    lines += ["", ("Other processes: the machine's busy CPU less the app's, client B's and client A's (another "
-              "engineer's tests or benchmarks on a shared machine inflate every figure here).")]
-    rt = r["ratio_flood_over_idle"]
-    lines += ["", (f"Flood/idle: p50 x{fmt(rt['p50_s'], '', 2)}, p95 x{fmt(rt['p95_s'], '', 2)} "
-                   f"(target at most x{r['limit']:.1f}): **{r['verdict']}**. A's client used "
-                   f"{fmt(ph['flood'].get('a_client_cpu_s'), 's', 1)} CPU in the {ph['flood']['wall_s']:.0f} s flood.")]
-    if r["b_errors"]:
-        lines += ["", f"B's refused/failed calls: {len(r['b_errors'])}; first: {r['b_errors'][0]['error']}"]
-    lines += ["", "## A's calls during the flood", "",
-              f"{sum(r['a_counts'].values())} calls ({r['a_calls_per_s']:.1f}/s): "
-              + ", ".join(f"{k} {v}" for k, v in r["a_counts"].items()) + ".",
-              f"A's accepted questions at (s into the flood): {r['a_accepted_ask_times_s']}", "",
-              "First refusal (or failure) of each kind:", ""]
-    lines += [f"- {k}: {v}" for k, v in r["a_first_refusals"].items()]
-    lines += ["", "Probes:", ""]
-    lines += [(f"- {p['probe']} (at {p['t']:.1f} s): {'accepted' if p['accepted'] else 'refused'}; "
-               f"expected {p['expected']}. {p['message']}") for p in r["a_probes"]]
-    lines += ["", "## Learning: B's buffer among A's", ""]
-    if L.get("b_buffer") is None:
-        lines.append("B's buffer never became ready.")
-    else:
-        ab = L["a_buffers_at_b_ready"]
-        if L.get("b_wait_to_learned_s") is not None:
-            fate = (f"Claimed by the worker {fmt(L['b_claimed_after_s'], 's', 1)} later; {L['b_outcome']} "
-                    f"{fmt(L['b_wait_to_learned_s'], 's', 1)} after the 8th correction"
-                    + (f" ({L['b_reason']})." if L.get("b_reason") else "."))
-        else:
-            fate = (f"**Not learned** within the wait (--wait-timeout {r['args']['wait_timeout']} s after the flood): "
-                    f"still {L['b_outcome']} at the end"
-                    + (f", claimed {fmt(L['b_claimed_after_s'], 's', 1)} after it was ready." if L["b_claimed_after_s"]
-                       is not None else ", never claimed."))
-        trained = "; ".join(f"{v['who']}#{i} {v['training_s']:.0f} s ({v['status']}; {v['size']} items of "
-                            f"{v['mean_item_chars']} characters, question + answer)" for i, v in L["training_s"].items())
-        trained += "".join(f"; {v['who']}#{i} still training after {v['for_s']:.0f} s"
-                           for i, v in L["still_training_at_end"].items())
-        lines += [
-            f"B's 8th correction at {L['b_ready_at_s']:.1f} s into the flood made buffer {L['b_buffer']} ready. {fate}",
-            "",
-            (f"A's buffers at that moment: training {ab['training']}, ready {ab['ready']}, open {ab['open']}. "
-            f"A's buffers learned after B's was ready and before it: {L['a_learned_before_b']}; claimed after B's was "
-            f"ready but before it: {L['a_started_after_b_ready_before_b']}. A's authors (one per guest session): "
-            f"{', '.join(L['a_authors'])}."),
-            "",
-            f"Training time, claimed to decided: {trained or 'none finished'}.",
-        ]
-    lines += ["", "Buffer timeline (s into the flood): " + "; ".join(
-        f"{c['t']:.1f} {c['who']}#{c['id']} {c['status']}" + (f"({c['size']})" if c["status"] == "ready" else "")
-        for c in r["buffer_timeline"] if c["status"] != "open")]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
