@@ -44,14 +44,12 @@ class AnswersInFlight:
         self._store = store
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
-        self._live: set[int] = set()
-        self._answers: dict[int, Answer] = {}
+        self._answers: dict[int, Answer] = {}  # by id(): the answers not stored yet
 
     def begin(self, session_id: str, question_id: str, gen_params: dict[str, Any], served: ServedBy) -> Answer:
         answer = Answer(session_id, question_id, dict(gen_params), served=served)
         with self._lock:
             self._answers[id(answer)] = answer
-            self._live.add(id(answer))
         return answer
 
     @staticmethod
@@ -67,7 +65,6 @@ class AnswersInFlight:
 
     def _release(self, answer: Answer) -> None:
         with self._lock:
-            self._live.discard(id(answer))
             self._answers.pop(id(answer), None)
             self._done.notify_all()
 
@@ -99,7 +96,7 @@ class AnswersInFlight:
     def _wait_stored(self, answer: Answer, timeout: float = 10.0) -> Message:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while id(answer) in self._live and time.monotonic() < deadline:
+            while id(answer) in self._answers and time.monotonic() < deadline:
                 self._done.wait(0.05)
         if answer.stored is None:
             raise answer.error or RuntimeError("the answer was not stored")
@@ -107,14 +104,14 @@ class AnswersInFlight:
 
     def count(self) -> int:
         with self._lock:
-            return len(self._live)
+            return len(self._answers)
 
     def drain(self, wait: float) -> int:
         """Wait up to ``wait`` s for answers in flight to be stored by their handlers, then store
         the rest as cut short by shutdown. Returns how many were stored here."""
         deadline = time.monotonic() + wait
         with self._lock:
-            while self._live and time.monotonic() < deadline:
+            while self._answers and time.monotonic() < deadline:
                 self._done.wait(0.05)
             rest = [a for a in self._answers.values() if not a._claimed]
             for a in rest:

@@ -23,6 +23,8 @@ import time
 
 import gradio as gr
 
+from feedback_store import parse_ids
+
 from .api import review_dict
 from .errors import user_message
 from .services import Services
@@ -64,8 +66,6 @@ class ReviewHandlers:
             states = self.s.store.approve_reviews(ids, by="admin", ready_threshold=self.s.settings.buffer_size)
         except Exception as e:
             raise self._refuse(e, "approving corrections") from e
-        from feedback_store import parse_ids
-
         approved = parse_ids(ids)
         log.info("admin approved corrections %s", approved)
         return {"approved": approved,
