@@ -22,13 +22,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 log = logging.getLogger("llaca.app")
 
 
-def start_learning_worker(settings, store):
+def start_learning_worker(settings, store, shared=None):
     """HOOK: start the background learning worker (``llaca.worker``) in this process.
 
     It claims ready buffers from the same store, trains, guards and promotes; the app's
     assistant picks promotions up between answers. Off with ``--no-worker`` /
     ``LLACA_WORKER=0``, e.g. when the worker runs as its own process on the same host
-    (``python -m llaca.worker --data-dir <same dir>``). Returns the worker (or None).
+    (``python -m llaca.worker --data-dir <same dir>``). With ``shared`` (the batched
+    assistant's ``SharedModel``) it trains on the served model's base weights: one copy of
+    the model in the process. Returns the worker (or None).
     """
     if not settings.worker:
         log.info("learning worker disabled (--no-worker / LLACA_WORKER=0)")
@@ -36,7 +38,7 @@ def start_learning_worker(settings, store):
     from llaca.worker import WorkerConfig, start_background
 
     cfg = WorkerConfig(settings)  # the same configuration as `python -m llaca.worker` under the same variables
-    worker, _thread = start_background(cfg, store)
+    worker, _thread = start_background(cfg, store, shared=shared)
     log.info("learning worker %s started in the background", cfg.worker_id)
     return worker
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped (%s) while starting", shutdown.signal_name)
         return 0
     shutdown.serving = True  # from here on a signal only asks; the main thread does the stopping
-    services.worker = start_learning_worker(settings, services.store)
+    services.worker = start_learning_worker(settings, services.store, getattr(services.assistant, "shared", None))
     demo = build_app(services)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
     try:

@@ -22,7 +22,9 @@ from PIL import Image
 from feedback_store import FeedbackStore
 from llaca.config import Settings
 from llaca.model import LoadedModel, load_model
+from llaca.batched_serving import BatchedAssistant
 from llaca.serving import BASE, Assistant, ServedVersion
+from llaca.shared_model import SharedModel
 
 from .answers import AnswersInFlight
 from .examples import Example, make_examples
@@ -201,13 +203,25 @@ def chat_threads(settings: Settings, lm: LoadedModel) -> int | None:
     return max(1, (os.cpu_count() or 1) - worker)
 
 
+def make_assistant(settings: Settings, lm: LoadedModel, current: Callable[[], ServedVersion]) -> Assistant:
+    """The live assistant: answers batched on one shared model (``--max-batch`` > 1, the
+    default; the in-app worker then trains on that same model), or each answer its own
+    ``generate`` (``--max-batch 1``, the path before batching)."""
+    threads = chat_threads(settings, lm)
+    if settings.max_batch == 1:
+        return Assistant(lm, current_version=current, poll_seconds=1.0, threads=threads)
+    shared = SharedModel(lm, max_adapters=settings.max_loaded_adapters)
+    return BatchedAssistant(shared, current_version=current, poll_seconds=1.0, threads=threads,
+                            max_batch=settings.max_batch)
+
+
 def create_services(settings: Settings, lm: LoadedModel | None = None) -> Services:
     """Load the model (unless given), open the store in the data dir, write the examples.
     The model comes first: if it cannot be loaded, nothing is created on disk."""
     if lm is None:
         lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
     store = FeedbackStore(settings.data_dir)
-    assistant = Assistant(lm, current_version=served_version_from(store), poll_seconds=1.0, threads=chat_threads(settings, lm))
+    assistant = make_assistant(settings, lm, served_version_from(store))
     try:
         examples = make_examples(settings.data_dir / "examples")
     except Exception:  # examples are a convenience; never block serving

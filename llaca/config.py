@@ -23,6 +23,8 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --concurrency     | LLACA_CONCURRENCY     | 2 (model events at once) |
 | --max-queue       | LLACA_MAX_QUEUE       | 64                   |
 | --threads         | LLACA_THREADS         | torch default        |
+| --max-batch       | LLACA_MAX_BATCH       | 8 (answers decoded together; 1 = each on its own, with its own worker model copy) |
+| --max-loaded-adapters | LLACA_MAX_LOADED_ADAPTERS | 8 (group adapters resident in the model; the rest load from disk when asked for) |
 | --poll-seconds    | LLACA_POLL_SECONDS    | 2.0 (status refresh) |
 | --no-worker       | LLACA_WORKER=0        | worker on            |
 | --learn-method    | LLACA_LEARN_METHOD    | llaca+groups (or seq, ema, llaca, seq+replay, llaca+replay) |
@@ -105,6 +107,8 @@ class Settings:
     concurrency: int = 2
     max_queue: int = 64
     threads: int | None = None
+    max_batch: int = 8  # answers decoded together in one batch (1: each answer its own generate, as before)
+    max_loaded_adapters: int = 8  # served adapters resident in the model at once, least recently used out
     poll_seconds: float = 2.0
     worker: bool = True
     learn_method: str = "llaca+groups"  # llaca.continual.GROUPS (not imported here: it pulls in torch)
@@ -132,6 +136,10 @@ class Settings:
         for name in ("buffer_size", "concurrency", "max_queue"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.max_batch <= 256:
+            raise SettingsError(f"max-batch must be between 1 and 256, got {self.max_batch}")
+        if self.max_loaded_adapters < 1:
+            raise SettingsError(f"max-loaded-adapters must be at least 1, got {self.max_loaded_adapters}")
         if self.threads is not None and self.threads < 1:
             raise SettingsError(f"threads must be at least 1, got {self.threads}")
         if not self.poll_seconds > 0:
@@ -247,6 +255,9 @@ class Settings:
             concurrency=as_int(pick(args.concurrency, "LLACA_CONCURRENCY", default=2), "concurrency"),
             max_queue=as_int(pick(args.max_queue, "LLACA_MAX_QUEUE", default=64), "max queue"),
             threads=as_int(pick(args.threads, "LLACA_THREADS"), "threads"),
+            max_batch=as_int(pick(args.max_batch, "LLACA_MAX_BATCH", default=8), "max batch"),
+            max_loaded_adapters=as_int(pick(args.max_loaded_adapters, "LLACA_MAX_LOADED_ADAPTERS", default=8),
+                                       "max loaded adapters"),
             poll_seconds=as_float(pick(args.poll_seconds, "LLACA_POLL_SECONDS", default=2.0), "poll seconds"),
             worker=worker,
             learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default="llaca+groups")),
@@ -285,6 +296,10 @@ FLAGS: dict[str, dict] = {
     "concurrency": dict(type=int, help="model events that may run at once (default 2; LLACA_CONCURRENCY)"),
     "max_queue": dict(type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)"),
     "threads": dict(type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)"),
+    "max_batch": dict(type=int, help="answers decoded together in one batch, each on its own group's adapter "
+                                     "(default 8; 1 answers each on its own; LLACA_MAX_BATCH)"),
+    "max_loaded_adapters": dict(type=int, help="group adapters resident in the model at once; the least recently "
+                                               "used is unloaded first (default 8; LLACA_MAX_LOADED_ADAPTERS)"),
     "poll_seconds": dict(type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)"),
     "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay, or "
                               "llaca+groups (one adapter per instruction group, questions routed; the default; "

@@ -116,9 +116,17 @@ def evaluate(
     return EvalResult(acc, len(correct), preds, correct)
 
 
-def adapter_scores(lm, adapter: Path | str | None, sets: Sequence[Sequence[VQASample]], digits: int = 2) -> list[float]:
+def adapter_scores(lm, adapter: Path | str | None, sets: Sequence[Sequence[VQASample]], digits: int = 2,
+                   shared=None) -> list[float]:
     """Accuracy (%) of `lm` (a `LoadedModel`) on each sample set with the LoRA adapter at `adapter`
-    applied (None: the model as it is), rounded to `digits`. The one way to score an adapter."""
+    applied (None: the model as it is), rounded to `digits`. The one way to score an adapter.
+    With `shared` (the app's `SharedModel`) the adapter is loaded into that model beside the
+    served ones and answers this thread's rows only."""
+    if shared is not None:
+        from .shared_model import adapter_key
+
+        with shared.answering(adapter_key(adapter) if adapter else None, adapter) as model:
+            return [round(evaluate(model, lm.processor, s).accuracy, digits) for s in sets]
     with adapter_applied(lm.model, adapter) as model:
         return [round(evaluate(model, lm.processor, s).accuracy, digits) for s in sets]
 

@@ -98,7 +98,7 @@ def retrain(worker, job) -> str:
              + [(f"group {g}", EARLIER, samples(its)) for g, its in sorted(others.items()) if its]
              + [(p.name, PROBE, p.samples) for p in worker.probes])
     sets = [s for _, _, s in named]
-    cand, cur = routed_hits(worker.lm, candidate, sets), routed_hits(worker.lm, system, sets)
+    cand, cur = (routed_hits(worker.lm, s, sets, worker.shared) for s in (candidate, system))
     report = decide_paired([PairedSet(n, k, c, o) for (n, k, _), c, o in zip(named, cand, cur)], settings.guard_margin)
     if not report.passed:
         for group, items in trained:

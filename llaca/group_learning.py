@@ -101,14 +101,15 @@ def served_system(store) -> tuple[object | None, RoutedSystem]:
     return current, RoutedSystem.empty()
 
 
-def routed_hits(lm, system: RoutedSystem, sets: list[list]) -> list[list[bool]]:
-    """Per sample of each set: does `system` (routing included) answer it right?"""
+def routed_hits(lm, system: RoutedSystem, sets: list[list], shared=None) -> list[list[bool]]:
+    """Per sample of each set: does `system` (routing included) answer it right? With `shared`
+    (the app's `SharedModel`) on that model, one adapter resident at a time."""
     def route(question: str) -> str | None:
         group = system.route(question)
         return system.adapter_name(group) if group else None
 
     adapters = {system.adapter_name(g): p for g, p in system.adapters.items()}
-    return [correct for _, correct in routed_correct(lm.model, lm.processor, adapters, route, sets)]
+    return [correct for _, correct in routed_correct(lm.model, lm.processor, adapters, route, sets, shared=shared)]
 
 
 def assign_groups(worker, buffer, items) -> dict[int, str]:
@@ -253,7 +254,7 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
              + [(f"what {a} taught", CONFLICT, samples(its)) for a, its in evidence]
              + [(p.name, PROBE, p.samples) for p in worker.probes])
     sets = [s for _, _, s in named]
-    cand_hits, cur_hits = routed_hits(worker.lm, candidate, sets), routed_hits(worker.lm, system, sets)
+    cand_hits, cur_hits = (routed_hits(worker.lm, s, sets, worker.shared) for s in (candidate, system))
     report = decide_paired([PairedSet(n, k, c, o) for (n, k, _), c, o in zip(named, cand_hits, cur_hits)],
                            settings.guard_margin)
     if lost.is_set():

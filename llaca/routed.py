@@ -71,8 +71,11 @@ class RoutedModel:
 
 
 def routed_correct(base, processor, adapters: Mapping[str, Path | str], route: Router,
-                   sets: Sequence[Sequence[VQASample]]) -> list[tuple[list[str | None], list[bool]]]:
-    """For each sample set: (each sample's route, whether its routed answer is right)."""
+                   sets: Sequence[Sequence[VQASample]], shared=None) -> list[tuple[list[str | None], list[bool]]]:
+    """For each sample set: (each sample's route, whether its routed answer is right). With
+    `shared` (a `SharedModel`) the routes are answered on it, one adapter pinned at a time."""
+    if shared is not None:
+        return _shared_routed_correct(shared, processor, adapters, route, sets)
     out = []
     with RoutedModel(base, adapters) as routed:
         for samples in sets:
@@ -80,6 +83,19 @@ def routed_correct(base, processor, adapters: Mapping[str, Path | str], route: R
             answers = routed.answer(processor, samples, routes) if samples else []
             out.append((routes, [is_correct(a, s.answer) for a, s in zip(answers, samples)]))
     return out
+
+
+def _shared_routed_correct(shared, processor, adapters, route: Router, sets) -> list[tuple[list, list[bool]]]:
+    routes = [[route(s.question) for s in samples] for samples in sets]
+    answers: list[list[str | None]] = [[None] * len(samples) for samples in sets]
+    for name in dict.fromkeys(r for rs in routes for r in rs):  # each adapter resident once, for all sets
+        where = [(k, i) for k, rs in enumerate(routes) for i, r in enumerate(rs) if r == name]
+        with shared.answering(name, adapters.get(name) if name else None) as model:
+            got = generate_answers(model, processor, [sets[k][i] for k, i in where])
+        for (k, i), a in zip(where, got):
+            answers[k][i] = a
+    return [(rs, [is_correct(a, s.answer) for a, s in zip(ans, samples)])
+            for rs, ans, samples in zip(routes, answers, sets)]
 
 
 def evaluate_routed(base, processor, adapters: Mapping[str, Path | str], route: Router,

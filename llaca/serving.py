@@ -1,5 +1,9 @@
 """The live assistant: one loaded LLaVA, the adapter version it serves, and safe hot swaps.
 
+This is the path that answers each question with its own `generate` (`--max-batch 1`); the
+default, `llaca.batched_serving.BatchedAssistant`, keeps this class's versions, polling and
+swap lock and answers every conversation in one continuous batch instead.
+
 Generations hold a shared lock; a swap (promotion or rollback) takes it exclusively, so a
 generation in flight finishes on the old weights and the next one starts on the new ones,
 and no request fails. Swaps are writer-preferring: once a swap is waiting, new generations
@@ -30,14 +34,11 @@ from PIL import Image
 from .locks import AdapterGate, SwapLock
 from .model import GenerationParams, LoadedModel, stream_answer
 from .routed_system import RoutedSystem, is_routed_system
+from .shared_model import AdapterLoadError
 
 log = logging.getLogger(__name__)
 
 BASE = "base"
-
-
-class AdapterLoadError(RuntimeError):
-    """An adapter folder could not be loaded; the served version is unchanged."""
 
 
 @dataclass(frozen=True)

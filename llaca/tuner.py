@@ -31,6 +31,7 @@ import logging
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,6 +46,7 @@ from .encoding import answer_loss, answer_tokens, encode_supervised
 
 log = logging.getLogger(__name__)
 
+TRAINING_ADAPTER = "llaca-training"  # the trained adapter's name in a shared model
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 METHODS = ("seq", "ema", "llaca", "seq+replay", "llaca+replay")
 
@@ -111,19 +113,22 @@ def library_versions() -> dict[str, str]:
             "accelerate": accelerate.__version__}
 
 
+def _lora_config(cfg: TuneConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        modules_to_save=["multi_modal_projector"] if cfg.train_projector else None, bias="none",
+    )
+
+
 def _lora_model(base, cfg: TuneConfig, init_adapter: Path | None):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     if init_adapter is not None:
-        if not (Path(init_adapter) / "adapter_config.json").exists():
-            raise TuningError(f"cannot start from adapter {init_adapter}: no adapter_config.json there")
         model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
     else:
-        lcfg = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-            modules_to_save=["multi_modal_projector"] if cfg.train_projector else None, bias="none",
-        )
-        model = get_peft_model(base, lcfg)
+        model = get_peft_model(base, _lora_config(cfg))
     n_vision = sum(1 for n, p in model.named_parameters() if p.requires_grad and "vision_tower" in n)
     if n_vision:
         raise TuningError(f"LoRA reached the vision tower ({n_vision} tensors); fix target_modules")
@@ -210,11 +215,17 @@ def tune(
     progress: Progress | None = None,
     show_progress: bool = False,
     trace_ema: bool = False,
+    shared=None,
 ) -> TuneResult:
     """Train a LoRA adapter on `samples` starting from `init_adapter` (or none); save it to `out_dir`.
 
     `base_model` is a LlavaForConditionalGeneration; LoRA layers are injected for the run and
     removed again afterwards (`unload`), so the caller's model is unchanged when this returns.
+    With `shared` (a `llaca.shared_model.SharedModel`, the app's one model, `base_model` is
+    then ignored) the run trains a named adapter of the shared model while it serves: only
+    that adapter trains (the base and served adapters stay in eval mode and frozen), each
+    step holds the model's layers in place (`shared.forward()`), and the adapter is deleted
+    again at the end; the served adapters are not touched.
     `trace_ema` (adaptive methods only) records the EMA's per-step, per-tensor a, b, c and α
     into `TuneResult.ema_trace` (for analysis; see benchmarks/alpha_analysis.py).
     """
@@ -223,6 +234,8 @@ def tune(
 
     if not samples:
         raise TuningError("no samples to train on")
+    if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").exists():
+        raise TuningError(f"cannot start from adapter {init_adapter}: no adapter_config.json there")
     if trace_ema and cfg.ema_kind != "adaptive":
         raise TuningError(f"trace_ema needs an adaptive-EMA method, not {cfg.method!r}")
     set_seed(cfg.seed)
@@ -233,8 +246,12 @@ def tune(
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(samples) / (cfg.batch_size * cfg.grad_accum)))
     world = accelerator.num_processes
     _check_split(cfg, world)
-    model = _lora_model(base_model, cfg, init_adapter)
+    if shared is not None:
+        model = shared.begin_training(TRAINING_ADAPTER, _lora_config(cfg), init_adapter)
+    else:
+        model = _lora_model(base_model, cfg, init_adapter)
     peft_model = model
+    step_guard = shared.forward if shared is not None else nullcontext
     try:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
@@ -245,7 +262,8 @@ def tune(
         # the scheduler is stepped here, once per optimizer step: accelerate's prepared scheduler
         # steps num_processes times per step (it assumes the global batch grows with N)
         model, opt = accelerator.prepare(_AnswerLoss(model), opt)
-        model.train()
+        if shared is None:
+            model.train()  # shared: begin_training put the trained adapter alone in train mode
         ema = None
         if cfg.ema_kind == "adaptive":
             ema = AdaptiveEMA(params, trace=trace_ema)
@@ -263,7 +281,7 @@ def tune(
             # the global batch's answer tokens (one small all-reduce, no host sync); × world
             # because DDP averages the gradients over the processes
             global_tokens = accelerator.reduce(answer_tokens(batch), reduction="sum")
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(model), step_guard():
                 with accelerator.autocast():
                     loss = model(batch) * world / global_tokens
                 accelerator.backward(loss)
@@ -314,10 +332,16 @@ def tune(
         if out_dir is not None and accelerator.is_main_process:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            peft_model.save_pretrained(out_dir)
+            if shared is not None:
+                shared.save_trained(TRAINING_ADAPTER, out_dir)
+            else:
+                peft_model.save_pretrained(out_dir)
             (out_dir / "run_record.json").write_text(json.dumps(record, indent=1))
         ema_trace = {**ema.trace(), "names": [n for n, _ in named]} if trace_ema else None
         return TuneResult(out_dir, record, ema_trace=ema_trace, rank_trace=rank_trace)
     finally:
         accelerator.free_memory()
-        peft_model.unload()  # removes the LoRA layers: the base model is left as it was
+        if shared is not None:
+            shared.end_training(TRAINING_ADAPTER)  # the served adapters stay as they were
+        else:
+            peft_model.unload()  # removes the LoRA layers: the base model is left as it was

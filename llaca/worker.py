@@ -123,7 +123,7 @@ def synthetic_probes(n: int) -> list[EvalSet]:
 class LearningWorker:
     """One worker; `run()` loops until `stop` is set, `run_once()` handles at most one buffer."""
 
-    def __init__(self, cfg: WorkerConfig, store=None, lm: LoadedModel | None = None) -> None:
+    def __init__(self, cfg: WorkerConfig, store=None, lm: LoadedModel | None = None, shared=None) -> None:
         from feedback_store import FeedbackStore
 
         self.cfg, self.settings = cfg, cfg.settings
@@ -131,7 +131,8 @@ class LearningWorker:
         self.adapters_dir = self.settings.data_dir / "adapters"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.training_dir = self.settings.data_dir / TRAINING_DIR  # training sets written for a training command
-        self._lm = lm
+        self.shared = shared  # the app's SharedModel: train and judge on the served model's weights
+        self._lm = shared.lm if shared is not None else lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
         self._abort: threading.Event | None = None  # the running buffer's "abandon it" event
@@ -391,7 +392,8 @@ class LearningWorker:
         result = self._train(buffer.id, train, replay, tcfg, parent_path, stage, progress)
         self.state(WorkerActivity.EVALUATING, buffer=buffer.id)
         scored = [s for s in sets if s.samples]
-        cand, cur = (dict(zip([s.name for s in scored], adapter_scores(self.lm, adapter, [s.samples for s in scored])))
+        cand, cur = (dict(zip([s.name for s in scored], adapter_scores(self.lm, adapter, [s.samples for s in scored],
+                                                                              shared=self.shared)))
                      for adapter in (stage, parent_path))
         report = decide(cand, cur, sets, settings.guard_margin)
         if lost.is_set():
@@ -415,7 +417,7 @@ class LearningWorker:
         """Train in this process (default) or through the configured training command."""
         if not self.settings.train_command:
             return tune(self.lm.model, self.lm.processor, train, tcfg, init_adapter=init, out_dir=stage,
-                        replay=replay, progress=progress)
+                        replay=replay, progress=progress, shared=self.shared)
         self.training_dir.mkdir(parents=True, exist_ok=True)
         threads = self.settings.worker_threads
         env = {"OMP_NUM_THREADS": str(threads)} if threads else None
@@ -432,9 +434,10 @@ class LearningWorker:
         return publish_first_free(stage, self.adapters_dir, names)
 
 
-def start_background(cfg: WorkerConfig, store=None) -> tuple[LearningWorker, threading.Thread]:
-    """Start the worker as a daemon thread (the app's default); `worker.stop.set()` ends it."""
-    worker = LearningWorker(cfg, store)
+def start_background(cfg: WorkerConfig, store=None, shared=None) -> tuple[LearningWorker, threading.Thread]:
+    """Start the worker as a daemon thread (the app's default); `worker.stop.set()` ends it.
+    With `shared` (a `SharedModel`) it trains and judges on that model instead of loading its own."""
+    worker = LearningWorker(cfg, store, shared=shared)
     thread = threading.Thread(target=worker.run, name="llaca-worker", daemon=True)
     worker.thread = thread
     thread.start()

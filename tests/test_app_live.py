@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import StoppingCriteria
 
 from tests.conftest import TINY
 from tests.worker_helpers import metrics_record
@@ -56,28 +55,20 @@ def image(tmp_path_factory):
     return path, it.scene.objects[0].color
 
 
-class Slow(StoppingCriteria):
-    def __call__(self, input_ids, scores, **kwargs):
-        time.sleep(0.02)
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
-
-
 def test_stop_really_stops_generation(live, image, monkeypatch):
     from gradio_client import Client, handle_file
 
     services, url = live
-    model = services.assistant.lm.model
-    original = model.generate
-    generated: list[int] = []
+    batcher = services.assistant.batcher
+    steps = batcher.row_steps
+    original = batcher._step
 
-    def long_and_slow(**kwargs):  # force a 300-token answer at ~50 tokens/s
-        kwargs.update(min_new_tokens=300, max_new_tokens=300)
-        kwargs["stopping_criteria"].append(Slow())
-        out = original(**kwargs)
-        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
+    def slow_step():  # about 50 tokens/s
+        time.sleep(0.02)
+        original()
 
-    monkeypatch.setattr(model, "generate", long_and_slow)
+    monkeypatch.setattr(batcher, "eos", set())  # no end of sequence: a 300-token answer
+    monkeypatch.setattr(batcher, "_step", slow_step)
     client = Client(url, verbose=False)
     job = client.submit(handle_file(str(image[0])), COLOR_Q, 0.0, 0.7, 300, api_name="/ask")
     deadline = time.monotonic() + 30
@@ -88,7 +79,8 @@ def test_stop_really_stops_generation(live, image, monkeypatch):
     t0 = time.monotonic()
     answer, message_id, version = job.result(timeout=10)
     assert time.monotonic() - t0 < 3
-    assert generated and generated[0] < 300, generated  # the model itself stopped early
+    time.sleep(0.2)
+    assert batcher.running == 0 and batcher.row_steps - steps < 300  # the model itself stopped early
     stored = [m for m in services.store.session_history(client.predict(api_name="/status")["session_id"]) if m.id == message_id]
     assert stored[0].gen_params["stopped"] is True and stored[0].text == answer
     monkeypatch.undo()

@@ -91,7 +91,7 @@ def test_the_in_app_worker_and_the_worker_process_read_the_same_configuration(mo
 
     started = []
 
-    def start_background(cfg, store):
+    def start_background(cfg, store, shared=None):
         started.append(cfg)
         return None, None
 

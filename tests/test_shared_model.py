@@ -1,0 +1,79 @@
+"""One copy of the base model per process: the in-app worker trains on the served model.
+
+Training a LoRA on the shared model, while its adapters answer, gives the adapter that
+training on a private copy gives; the served adapters and the answers are untouched; the app
+process holds the base weights once (distinct storages), where `--max-batch 1` holds two."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from safetensors.torch import load_file
+
+from llaca.batched_serving import BatchedAssistant
+from llaca.memory import parameter_bytes
+from llaca.model import GenerationParams, load_model
+from llaca.serving import ServedVersion
+from llaca.shared_model import SharedModel
+from llaca.tuner import TuneConfig, tune
+from llaca.world.heldout import heldout
+from tests.conftest import TINY
+from tests.routed_fixture import routed_system
+
+GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
+
+
+def test_training_on_the_shared_model_while_it_serves_equals_training_a_private_copy(tmp_path):
+    private = load_model(TINY, device="cpu")
+    path, groups = routed_system(private.model, tmp_path)
+    samples = heldout("count", 6, seed=31)
+    expected = [a for a in (list(BatchedAssistant(SharedModel(load_model(TINY, device="cpu")),
+                                                  lambda: ServedVersion("v1", path), poll_seconds=0.0)
+                                 .stream([(s.question, None)], s.image, GREEDY))[-1][0] for s in samples)]
+    train = heldout("color", 8, seed=32)
+    cfg = TuneConfig(method="llaca", steps=6, batch_size=4, lr=1e-3, seed=3)
+    own = tune(private.model, private.processor, train, cfg, out_dir=tmp_path / "own")
+
+    shared = SharedModel(load_model(TINY, device="cpu"))
+    assistant = BatchedAssistant(shared, lambda: ServedVersion("v1", path), poll_seconds=0.0)
+    list(assistant.stream([(samples[0].question, None)], samples[0].image, GREEDY))  # a served adapter is resident
+    served_before = {n: p.detach().clone() for n, p in shared.model.named_parameters() if "lora_" in n}
+    answers, done = [], threading.Event()
+
+    def chat():
+        while not done.is_set():
+            answers.append([list(assistant.stream([(s.question, None)], s.image, GREEDY))[-1][0] for s in samples])
+
+    t = threading.Thread(target=chat)
+    t.start()
+    try:
+        result = tune(None, shared.lm.processor, train, cfg, out_dir=tmp_path / "shared", shared=shared)
+    finally:
+        done.set()
+        t.join(60)
+    assert answers and all(a == expected for a in answers)  # chat during training: the served answers
+    a, b = load_file(tmp_path / "own" / "adapter_model.safetensors"), load_file(tmp_path / "shared" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert own.record["loss_last"] == result.record["loss_last"]
+    after = dict(shared.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in served_before.items())  # served adapters untouched
+    assert "llaca-training" not in shared.model.peft_config
+    assert not any(p.requires_grad for p in shared.model.parameters())
+
+
+def test_the_app_process_holds_the_base_weights_once(tmp_path):
+    from app.services import create_services
+    from llaca.config import Settings
+    from llaca.worker import LearningWorker, WorkerConfig
+
+    for max_batch, copies in ((8, 1), (1, 2)):
+        settings = Settings.from_args(["--data-dir", str(tmp_path / str(max_batch)), "--max-batch", str(max_batch)],
+                                      env={})
+        services = create_services(settings)
+        worker = LearningWorker(WorkerConfig(settings), services.store,
+                                shared=getattr(services.assistant, "shared", None))
+        one = parameter_bytes(services.assistant.lm.model)
+        held = parameter_bytes(services.assistant.lm.model, worker.lm.model)
+        assert held == copies * one, (max_batch, held, one)
+        services.store.close()
