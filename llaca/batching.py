@@ -1,8 +1,8 @@
 """Continuous batching: concurrent answers decoded together, each row on its own adapter.
 
 One scheduler thread owns the decoding. Requests join the running batch at step boundaries:
-each newcomer is prefilled (image and prompt; newcomers of equal length together, so no row's
-prompt is padded), its first token streams at once, and its KV cache is merged into the
+the newcomers are prefilled together (images and prompts, left-padded to the longest), their
+first tokens stream at once, and its KV cache is merged into the
 batch's (left-padded to a common length, with the attention mask and explicit position ids
 saying where each row's tokens are). Every step then decodes one token for every row in a
 single forward, each row through its own group adapter or the base model (peft's
@@ -217,30 +217,37 @@ class BatchedGenerator:
         return admitted
 
     def _prefill(self, requests: list[Request]) -> None:
-        by_length: dict[int, list[Request]] = {}
-        for r in requests:
-            by_length.setdefault(int(r.inputs["input_ids"].shape[1]), []).append(r)
-        for group in by_length.values():
-            rows = [_Row(r, self.tokenizer, self.gen_config) for r in group]
-            inputs = {k: torch.cat([r.inputs[k] for r in group]) for k in ("input_ids", "pixel_values")}
-            length = inputs["input_ids"].shape[1]
-            position_ids = torch.arange(length, device=inputs["input_ids"].device).unsqueeze(0).expand(len(group), -1)
-            try:
-                with self.shared.forward(), rows_use([row.name for row in rows]):
-                    out = self.shared.base(**inputs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-                tokens = self._sample(rows, out.logits[:, -1, :])
-            except Exception as e:  # these newcomers fail; the running rows go on
-                log.exception("prefill failed; %d answers end with the error", len(rows))
-                for row in rows:
-                    self._finish(row, e)
-                continue
+        """One forward over the newcomers' prompts (left-padded to the longest), their first
+        tokens, and their caches merged into the batch."""
+        rows = [_Row(r, self.tokenizer, self.gen_config) for r in requests]
+        lengths = [int(r.inputs["input_ids"].shape[1]) for r in requests]
+        width = max(lengths)
+        device = requests[0].inputs["input_ids"].device
+        pad_id = self.gen_config.pad_token_id if self.gen_config.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for i, (r, n) in enumerate(zip(requests, lengths)):
+            input_ids[i, width - n:] = r.inputs["input_ids"][0]
+            mask[i, width - n:] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers a left-padded prompt
+        padded = min(lengths) != width
+        try:
+            with self.shared.forward(), rows_use([row.name for row in rows]):
+                out = self.shared.base(input_ids=input_ids, attention_mask=mask if padded else None,
+                                       pixel_values=torch.cat([r.inputs["pixel_values"] for r in requests]),
+                                       position_ids=position_ids, use_cache=True, logits_to_keep=1)
+            tokens = self._sample(rows, out.logits[:, -1, :])
+        except Exception as e:  # these newcomers fail; the running rows go on
+            log.exception("prefill failed; %d answers end with the error", len(rows))
             for row in rows:
-                row.length = length
-            now = time.perf_counter()
-            for row in rows:
-                row.request.first_token = now
-            self._merge(rows, out.past_key_values, length)
-            self._advance(rows, tokens)
+                self._finish(row, e)
+            return
+        now = time.perf_counter()
+        for row, n in zip(rows, lengths):
+            row.length, row.pad = n, width - n
+            row.request.first_token = now
+        self._merge(rows, out.past_key_values, mask)
+        self._advance(rows, tokens)
 
     def _step(self) -> None:
         rows = self._rows
@@ -296,18 +303,17 @@ class BatchedGenerator:
 
     # -- the batch's KV cache ------------------------------------------------------------
 
-    def _merge(self, rows: list[_Row], cache, length: int) -> None:
-        """Append prefilled `rows` (cache of `length` columns, no padding) to the batch."""
-        mask = torch.ones((len(rows), length), dtype=torch.long, device=self.shared.lm.device)
+    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+        """Append prefilled `rows` (their cache and [rows, columns] mask) to the batch."""
         if not self._rows:
             self._rows, self._cache, self._mask = list(rows), cache, mask
             return
-        old = self._mask.shape[1]
-        width = max(old, length)
+        old, new = self._mask.shape[1], mask.shape[1]
+        width = max(old, new)
         for row in self._rows:
             row.pad += width - old
         for row in rows:
-            row.pad = width - length
+            row.pad += width - new
         for mine, theirs in zip(self._cache.layers, cache.layers):
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
             mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])

@@ -20,7 +20,7 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --buffer-size     | LLACA_BUFFER_SIZE     | 8                    |
 | --device          | LLACA_DEVICE          | auto (cuda if available) |
 | --dtype           | LLACA_DTYPE           | auto (bf16 on GPU, fp32 on CPU) |
-| --concurrency     | LLACA_CONCURRENCY     | 2 (model events at once) |
+| --concurrency     | LLACA_CONCURRENCY     | max-batch, or 2 with --max-batch 1 (model events at once) |
 | --max-queue       | LLACA_MAX_QUEUE       | 64                   |
 | --threads         | LLACA_THREADS         | torch default        |
 | --max-batch       | LLACA_MAX_BATCH       | 8 (answers decoded together; 1 = each on its own, with its own worker model copy) |
@@ -104,7 +104,7 @@ class Settings:
     buffer_size: int = 8
     device: str | None = None
     dtype: str | None = None
-    concurrency: int = 2
+    concurrency: int | None = None  # model events at once (None: max_batch, or 2 when each answer runs alone)
     max_queue: int = 64
     threads: int | None = None
     max_batch: int = 8  # answers decoded together in one batch (1: each answer its own generate, as before)
@@ -133,6 +133,8 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not 0 < self.port < 65536:
             raise SettingsError(f"port must be between 1 and 65535, got {self.port}")
+        if self.concurrency is None:
+            object.__setattr__(self, "concurrency", self.max_batch if self.max_batch > 1 else 2)
         for name in ("buffer_size", "concurrency", "max_queue"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -252,7 +254,7 @@ class Settings:
             buffer_size=as_int(pick(args.buffer_size, "LLACA_BUFFER_SIZE", default=8), "buffer size"),
             device=pick(args.device, "LLACA_DEVICE"),
             dtype=pick(args.dtype, "LLACA_DTYPE"),
-            concurrency=as_int(pick(args.concurrency, "LLACA_CONCURRENCY", default=2), "concurrency"),
+            concurrency=as_int(pick(args.concurrency, "LLACA_CONCURRENCY"), "concurrency"),
             max_queue=as_int(pick(args.max_queue, "LLACA_MAX_QUEUE", default=64), "max queue"),
             threads=as_int(pick(args.threads, "LLACA_THREADS"), "threads"),
             max_batch=as_int(pick(args.max_batch, "LLACA_MAX_BATCH", default=8), "max batch"),
@@ -293,7 +295,8 @@ FLAGS: dict[str, dict] = {
     "buffer_size": dict(type=int, help="corrections that make a buffer ready to learn (default 8; LLACA_BUFFER_SIZE)"),
     "device": dict(help="cpu, cuda, cuda:1 ... (default: cuda if available; LLACA_DEVICE)"),
     "dtype": dict(help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU; LLACA_DTYPE)"),
-    "concurrency": dict(type=int, help="model events that may run at once (default 2; LLACA_CONCURRENCY)"),
+    "concurrency": dict(type=int, help="model events that may run at once (default: --max-batch, so every answer "
+                                       "in flight can join the batch; 2 with --max-batch 1; LLACA_CONCURRENCY)"),
     "max_queue": dict(type=int, help="requests allowed to wait in the queue (default 64; LLACA_MAX_QUEUE)"),
     "threads": dict(type=int, help="torch CPU threads (default: torch's choice; LLACA_THREADS)"),
     "max_batch": dict(type=int, help="answers decoded together in one batch, each on its own group's adapter "

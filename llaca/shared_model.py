@@ -62,8 +62,11 @@ class SharedModel:
         if max_adapters < 1:
             raise ValueError(f"max_adapters must be at least 1, got {max_adapters}")
         self.lm = lm
-        self.base = lm.model  # the LlavaForConditionalGeneration; peft's layers are injected into it in place
+        # the LlavaForConditionalGeneration; peft's layers are injected into it in place
+        self.base = lm.model.get_base_model() if hasattr(lm.model, "peft_config") else lm.model
         self.max_adapters = max_adapters
+        if self.is_peft:  # wrapped before: its adapters answer only rows that name them
+            adapter_rows.install(lm.model)
         self._wrap = SwapLock()  # forwards: shared; turning the model into a peft model: exclusive
         self._cond = threading.Condition()
         self._resident: OrderedDict[str, Path] = OrderedDict()  # served adapters, least recently used first

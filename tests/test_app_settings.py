@@ -12,7 +12,13 @@ from llaca.config import Settings, SettingsError
 def test_defaults_serve_the_tiny_model_on_localhost():
     s = Settings.from_args([], env={})
     assert (s.model, s.host, s.port) == ("models/llava-tiny", "127.0.0.1", 7860)
-    assert s.data_dir == Path("data") and s.buffer_size == 8 and s.concurrency == 2
+    assert s.data_dir == Path("data") and s.buffer_size == 8 and (s.max_batch, s.concurrency) == (8, 8)
+    assert Settings.from_args(["--max-batch", "1"], env={}).concurrency == 2  # each answer alone: as before
+    assert Settings.from_args(["--max-batch", "4"], env={"LLACA_CONCURRENCY": "3"}).concurrency == 3
+    assert Settings.from_args([], env={"LLACA_MAX_LOADED_ADAPTERS": "3"}).max_loaded_adapters == 3
+    for bad in (["--max-batch", "0"], ["--max-loaded-adapters", "0"]):
+        with pytest.raises(SettingsError, match="must be"):
+            Settings.from_args(bad, env={})
     assert s.admin_password is None and not s.admin_enabled and s.worker is True and s.device is None
 
 

@@ -14,7 +14,7 @@ from llaca.serving import BASE, Assistant, ServedVersion
 from llaca.shared_model import SharedModel
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
-from tests.routed_fixture import FAMILIES, routed_system
+from llaca.random_adapters import FAMILIES, routed_system
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 

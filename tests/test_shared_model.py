@@ -19,7 +19,7 @@ from llaca.shared_model import SharedModel
 from llaca.tuner import TuneConfig, tune
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
-from tests.routed_fixture import routed_system
+from llaca.random_adapters import routed_system
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 
