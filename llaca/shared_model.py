@@ -63,7 +63,7 @@ class SharedModel:
             raise ValueError(f"max_adapters must be at least 1, got {max_adapters}")
         self.lm = lm
         # the LlavaForConditionalGeneration; peft's layers are injected into it in place
-        self.base = lm.model.get_base_model() if hasattr(lm.model, "peft_config") else lm.model
+        self.base = lm.model.base_model.model if hasattr(lm.model, "peft_config") else lm.model
         self.max_adapters = max_adapters
         if self.is_peft:  # wrapped before: its adapters answer only rows that name them
             adapter_rows.install(lm.model)
@@ -174,7 +174,10 @@ class SharedModel:
 
                 self._wrap_with(lambda base: PeftModel.from_pretrained(base, path, adapter_name=name))
             if name not in self.lm.model.peft_config:
-                self.lm.model.load_adapter(path, adapter_name=name)
+                model = self.lm.model
+                if model.active_adapter not in model.peft_config:  # no adapter left: peft 0.21 would
+                    model.active_adapter = name  # look up the deleted one's config while loading
+                model.load_adapter(path, adapter_name=name)
                 adapter_rows.install(self.lm.model)
         except Exception as e:  # peft, safetensors or shape errors
             if self.is_peft and name in self.lm.model.peft_config:
@@ -200,6 +203,8 @@ class SharedModel:
             if init_adapter is None and not self.is_peft:
                 self._wrap_with(lambda base: get_peft_model(base, lora_config, adapter_name=name))
             elif init_adapter is None:
+                if self.lm.model.active_adapter not in self.lm.model.peft_config:
+                    self.lm.model.active_adapter = name
                 self.lm.model.add_adapter(name, lora_config)
             elif not self.is_peft:
                 from peft import PeftModel
@@ -207,6 +212,8 @@ class SharedModel:
                 self._wrap_with(lambda base: PeftModel.from_pretrained(base, init_adapter, adapter_name=name,
                                                                         is_trainable=True))
             else:
+                if self.lm.model.active_adapter not in self.lm.model.peft_config:
+                    self.lm.model.active_adapter = name
                 self.lm.model.load_adapter(init_adapter, adapter_name=name, is_trainable=True)
             model = self.lm.model
             adapter_rows.install(model)

@@ -135,3 +135,6 @@ def test_a_swap_while_answering_drops_the_old_adapters(routed, tmp_path):
     assert shared.drop_unused(set()) and shared.resident() == []
     base_answer = list(assistant.stream([(s.question, None)], s.image, GREEDY))[-1]
     assert base_answer[1].version == BASE and base_answer[1].group is None
+    wanted["v"] = ServedVersion("v1", path)  # back to the routed version: adapters load into an emptied model
+    assert assistant.refresh(force=True) == "v1"
+    assert list(assistant.stream([(s.question, None)], s.image, GREEDY))[-1] == expected[0]
