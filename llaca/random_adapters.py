@@ -47,5 +47,5 @@ def routed_system(base, root: Path, families=FAMILIES, version: str = "v1", r: i
         groups[family] = book.add(questions)
         adapters[groups[family]] = random_adapter(base, root / "runs" / family, seed=100 + k, r=r,
                                                  b_scale=b_scale)
-    system = RoutedSystem(book, adapters, {g: f"r{k}" for k, g in enumerate(adapters)})
+    system = RoutedSystem(book, adapters, {g: f"{version}-r{k}" for k, g in enumerate(adapters)})  # names unique per version
     return system.write(staging_dir(root / "adapters", version)), groups

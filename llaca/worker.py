@@ -147,7 +147,7 @@ class LearningWorker:
     @property
     def lm(self) -> LoadedModel:
         if self._lm is None:
-            self._lm = load_model(self.settings.model, device=self.settings.device)
+            self._lm = load_model(self.settings.model, device=self.settings.device, dtype=self.settings.dtype)
         return self._lm
 
     @property
