@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mix + f', {n} streams':22}{name:>10}{r['tokens_per_s']:10.1f}{r['answers_per_s']:11.2f}"
                       f"{r['ttft_p50_ms']:10.0f}{r['ttft_p95_ms']:10.0f}{'yes' if r['same_as_alone'] else 'NO':>6}")
             print(f"{'':22}{'ratio':>10}{row['ratio_tokens_per_s']:9.2f}x")
+    results["ttft_while_training"] = ttft_while_training(args, batched, mixes["4 groups"], params)
+    results["step_anatomy"] = step_anatomy(batched.shared, version, mixes["4 groups"][:8])
     results["adapter_bound"] = adapter_bound(args, version, mixes["4 groups"], alone["4 groups"], params, tokenizer)
     previous_lm = previous = batched = paths = None  # free both models before the servers start
 
@@ -163,6 +165,92 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1))
     return 0
+
+
+def ttft_while_training(args, assistant, samples: list, params, n: int = 24) -> dict:
+    """One chat stream's time to first token on the shared model, idle and while the in-app
+    worker's training runs on the same model (a LoRA run of the worker's defaults, one torch
+    thread: the app gives chat the other cores)."""
+    import torch
+
+    from llaca.tuner import TuneConfig, tune
+    from llaca.world.heldout import heldout
+
+    ask = in_process_ask(assistant, params)
+    idle = [ask((k, samples[k % len(samples)]))["ttft"] for k in range(n)]
+    train = heldout("count", 8, seed=99)
+    busy: list[float] = []
+    done = threading.Event()
+
+    class Enough(Exception):
+        pass
+
+    def enough(step, total, loss):  # tune reports every 10 steps: end the run once chat is measured
+        if done.is_set():
+            raise Enough
+
+    def train_run():
+        torch.set_num_threads(1)
+        try:
+            tune(None, assistant.lm.processor, train, TuneConfig(method="llaca", steps=2000, batch_size=8, lr=3e-4),
+                 shared=assistant.shared, progress=enough)
+        except Enough:
+            pass
+
+    trainer = threading.Thread(target=train_run)
+    trainer.start()
+    time.sleep(1.0)  # the run is in its steps
+    for k in range(n):
+        busy.append(ask((k, samples[k % len(samples)]))["ttft"])
+    done.set()
+    trainer.join()
+    out = {"idle_p50_ms": round(1000 * statistics.median(idle), 1), "training_p50_ms": round(1000 * statistics.median(busy), 1),
+           "idle_p95_ms": round(1000 * percentile(idle, 0.95), 1), "training_p95_ms": round(1000 * percentile(busy, 0.95), 1)}
+    out["ratio_p50"] = round(out["training_p50_ms"] / out["idle_p50_ms"], 2)
+    print(f"\nchat TTFT on the shared model, idle -> while the worker trains on it: p50 {out['idle_p50_ms']:.0f} -> "
+          f"{out['training_p50_ms']:.0f} ms (x{out['ratio_p50']:.2f}), p95 {out['idle_p95_ms']:.0f} -> {out['training_p95_ms']:.0f} ms")
+    return out
+
+
+def step_anatomy(shared, version: Path, samples: list, steps: int = 30) -> dict:
+    """What bounds a batched step: one decode forward of 8 rows, all on the base model, all on
+    one adapter, or spread over four (peft's mixed-adapter forward), against one row alone."""
+    import torch
+
+    from llaca.adapter_rows import BASE_ROW, rows_use
+    from llaca.model import build_inputs
+    from llaca.routed_system import RoutedSystem
+
+    system = RoutedSystem.load(version)
+    names = [system.adapter_name(g) for g in sorted(system.adapters)]
+    for g in sorted(system.adapters):
+        shared.try_pin(system.adapter_name(g), system.adapters[g])
+    lm = shared.lm
+    inputs = [build_inputs(lm, [(s.question, None)], s.image, 8)[0] for s in samples]
+    width = min(int(i["input_ids"].shape[1]) for i in inputs)
+    ids = torch.cat([i["input_ids"][:, -width:] for i in inputs])
+    pixels = torch.cat([i["pixel_values"] for i in inputs])
+    layouts = {"1 row, base": [BASE_ROW], "8 rows, base": [BASE_ROW] * 8, "8 rows, 1 adapter": [names[0]] * 8,
+               "8 rows, 4 adapters": [names[k % 4] for k in range(8)]}
+    out = {}
+    with torch.inference_mode():
+        for label, rows in layouts.items():
+            n = len(rows)
+            with rows_use(rows):
+                cache = shared.base(input_ids=ids[:n], pixel_values=pixels[:n], use_cache=True,
+                                    logits_to_keep=1).past_key_values
+                step_ids = torch.ones((n, 1), dtype=torch.long)
+                times = []
+                for k in range(steps):
+                    t0 = time.perf_counter()
+                    shared.base(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                position_ids=torch.full((n, 1), width + k))
+                    times.append(time.perf_counter() - t0)
+            out[label] = round(1000 * statistics.median(times), 3)
+    for name in names:
+        shared.unpin(name)
+    print("\none decode step, median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    return out
 
 
 def adapter_bound(args, version: Path, samples: list, alone: dict, params, tokenizer) -> dict:
