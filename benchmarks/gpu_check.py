@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-GIB = 1024 ** 3
 DEFAULTS = {  # per scale: new tokens per answer, training steps, min answers per level, answers per
 # stream, streams asking while training
     "full": {"max_new_tokens": 64, "train_steps": 80, "min_answers": 8, "per_stream": 2, "train_streams": 8},
@@ -62,71 +61,8 @@ DEFAULTS = {  # per scale: new tokens per answer, training steps, min answers pe
 }
 SWAP_GROUP = "color"  # the family whose group is retrained and swapped
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _peak_rss() -> int | None:
-    """This process's peak resident set size since the last `_reset_peak_rss` (Linux VmHWM)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class Memory:
-    """Peak memory of a phase: CUDA's allocator peak on a GPU; on the CPU the process's peak RSS
-    (the kernel's VmHWM, reset at the start of the phase; no sampling thread, which would steal
-    the CPU from the phase it measures)."""
-
-    def __init__(self, device) -> None:
-        import torch
-
-        self.torch = torch
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.kind = "cuda_max_memory_allocated" if self.cuda else "cpu_peak_rss_vmhwm"
-        self._reset = False
-
-    def begin(self) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._reset = _reset_peak_rss()
-
-    def end(self) -> dict:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return {"peak_allocated_gib": round(self.torch.cuda.max_memory_allocated(self.device) / GIB, 3),
-                    "peak_reserved_gib": round(self.torch.cuda.max_memory_reserved(self.device) / GIB, 3),
-                    "allocated_now_gib": round(self.torch.cuda.memory_allocated(self.device) / GIB, 3)}
-        peak = _peak_rss()
-        return {"peak_rss_gib": round(peak / GIB, 3) if peak is not None else None,
-                "peak_is_this_phase": self._reset}  # False: the process's peak so far
-
-    def now(self) -> dict:
-        from llaca.memory import rss_bytes
-
-        if self.cuda:
-            return {"allocated_gib": round(self.torch.cuda.memory_allocated(self.device) / GIB, 3)}
-        return {"rss_gib": round(rss_bytes() / GIB, 3)}
+from benchmarks.serving_throughput import percentile  # noqa: E402  (after the path set-up)
+from llaca.memory import GIB, Memory  # noqa: E402
 
 
 class Asker:

@@ -48,26 +48,6 @@ MIB = 1024 ** 2
 PATHS = {"shared": 8, "previous": 1}  # path -> --max-batch
 
 
-def peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def file_backed_bytes(*modules) -> int:
     """Bytes of the distinct parameter/buffer storages of `modules` that are memory-mapped files
     (transformers loads fp32 safetensors on the CPU zero-copy: such pages are shared with the
@@ -94,7 +74,7 @@ def measure_one(model: str, max_batch: int, data_dir: Path, steps: int) -> dict:
     torch.set_num_threads(1)
     from app.services import create_services
     from llaca.config import Settings
-    from llaca.memory import parameter_bytes, rss_bytes
+    from llaca.memory import parameter_bytes, peak_rss, reset_peak_rss, rss_bytes
     from llaca.model import GenerationParams
     from llaca.tuner import TuneConfig, tune
     from llaca.worker import LearningWorker, WorkerConfig
