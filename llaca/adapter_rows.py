@@ -30,6 +30,9 @@ _HOOKED = "_llaca_rows_hook"
 
 def _pre_forward(module, args, kwargs):
     names = getattr(_rows, "names", None)
+    if isinstance(names, str):  # one adapter for every row of whatever batch comes
+        x = args[0] if args else next(iter(kwargs.values()))
+        names = [names] * x.shape[0]
     if names is not None:
         kwargs["adapter_names"] = names
     return args, kwargs
@@ -52,11 +55,12 @@ def install(model) -> int:
 
 
 @contextmanager
-def rows_use(names: Sequence[str] | None) -> Iterator[None]:
-    """In this thread, forward passes apply adapter `names[i]` to row i (None: peft's active
-    adapter, as without this context)."""
+def rows_use(names: Sequence[str] | str | None) -> Iterator[None]:
+    """In this thread, forward passes apply adapter `names[i]` to row i; one name (a str)
+    applies to every row of any batch (evaluation's `generate`); None: peft's active adapter,
+    as without this context."""
     before = getattr(_rows, "names", None)
-    _rows.names = list(names) if names is not None else None
+    _rows.names = names if names is None or isinstance(names, str) else list(names)
     try:
         yield
     finally:

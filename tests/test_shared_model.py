@@ -77,3 +77,24 @@ def test_the_app_process_holds_the_base_weights_once(tmp_path):
         held = parameter_bytes(services.assistant.lm.model, worker.lm.model)
         assert held == copies * one, (max_batch, held, one)
         services.store.close()
+
+
+def test_judging_on_the_shared_model_answers_as_a_private_copy(tmp_path):
+    """The worker's evaluation on the shared model (one adapter for every row of `generate`'s
+    batches) gives the answers that applying the adapter to a private copy gives."""
+    from llaca.evaluate import adapter_applied, generate_answers
+    from llaca.random_adapters import random_adapter
+    from llaca.shared_model import adapter_key
+
+    private = load_model(TINY, device="cpu")
+    adapter = random_adapter(private.model, tmp_path / "a", seed=5, b_scale=1.0)
+    samples = heldout("count", 5, seed=41) + heldout("shape", 4, seed=42)  # batches of 9, then 3
+    with adapter_applied(private.model, adapter) as model:
+        want = generate_answers(model, private.processor, samples, batch_size=6)
+    base = generate_answers(private.model, private.processor, samples, batch_size=6)
+    assert want != base  # the adapter changes answers
+    shared = SharedModel(load_model(TINY, device="cpu"))
+    with shared.answering(adapter_key(adapter), adapter) as model:
+        assert generate_answers(model, shared.lm.processor, samples, batch_size=6) == want
+    with shared.answering(None, None) as model:  # the base model, with an adapter resident
+        assert generate_answers(model, shared.lm.processor, samples, batch_size=6) == base
