@@ -25,7 +25,7 @@ from PIL import Image
 from feedback_store import (
     BufferStatus, TaskBuffer, WorkerActivity, WorkerState, correction_status, plural,
 )
-from llaca.group_learning import GROUPS_METHOD
+from llaca.methods import DEFAULT_WORKER_METHOD, is_group_method
 from llaca.liveness import classify
 
 from .services import Services
@@ -115,12 +115,12 @@ def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
     return max(0.0, min(1.0, w.detail["step"] / w.detail["total"]))
 
 
-def learning_rule(threshold: int, method: str = GROUPS_METHOD) -> str:
+def learning_rule(threshold: int, method: str = DEFAULT_WORKER_METHOD) -> str:
     """What happens to a buffer, in a user's words (the worker's split and the guard)."""
     from llaca.worker import MIN_ITEMS_TO_HOLD_OUT, WorkerConfig
 
     share = round(1 / WorkerConfig.heldout_fraction)
-    if method == GROUPS_METHOD:
+    if is_group_method(method):
         return (
             f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
             f"sorts its corrections by the kind of question (an instruction group) and trains that group's adapter on "
@@ -169,7 +169,7 @@ def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int
 
 
 def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], threshold: int, thumbs: Thumbnails,
-                   max_items: int = 12, max_items_done: int = 3, method: str = GROUPS_METHOD) -> str:
+                   max_items: int = 12, max_items_done: int = 3, method: str = DEFAULT_WORKER_METHOD) -> str:
     if not buffers:
         return "<div class='llaca-empty'>Nothing taught yet. Correct a wrong answer and it appears here.</div>"
     out = []

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llaca.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub id (default: {DEFAULT_MODEL})")
     ap.add_argument("--methods", default="seq,ema,llaca",
-                    help=f"comma-separated, from: {', '.join(METHODS)} (default: seq,ema,llaca)")
+                    help=f"comma-separated, from: {', '.join(METHODS)}; or all (default: seq,ema,llaca)")
+    ap.add_argument("--list", action="store_true", help="print every method name, one a line, and exit")
     ap.add_argument("--data", nargs="+", type=Path, help="LLaVA-format folders, one per task, in order")
     ap.add_argument("--eval-data", nargs="+", type=Path, help="held-out folders in the same order (default: split of --data)")
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per task, the same for every method (default: 200)")
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="combine result files of the same tasks and settings (e.g. one process per method) "
                          "into one result, table and plot under --out; runs nothing")
     args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(METHODS))
+        return 0
     if args.merge:
         try:
             result = merge_results([json.loads(p.read_text()) for p in args.merge])
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         check_methods(methods)
     except ValueError as e:

@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .methods import DEFAULT_WORKER_METHOD, GROUP_METHODS, TUNER_METHODS
+
 DEFAULT_MODEL = "models/llava-tiny"
 TEACH_POLICIES = ("anyone", "review")  # who may teach: everyone, or trusted teachers and what the admin approves
 QUOTA_DEFAULTS: dict[str, dict[str, float]] = {
@@ -84,10 +86,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def worker_methods() -> tuple[str, ...]:
     """What the learning worker can train with: the tuner's methods, and instruction groups."""
-    from .continual import GROUPS
-    from .tuner import METHODS
+    from .methods import WORKER_METHODS
 
-    return (*METHODS, GROUPS)
+    return WORKER_METHODS
 
 
 class SettingsError(ValueError):
@@ -111,7 +112,7 @@ class Settings:
     max_loaded_adapters: int = 8  # served adapters resident in the model at once, least recently used out
     poll_seconds: float = 2.0
     worker: bool = True
-    learn_method: str = "llaca+groups"  # llaca.continual.GROUPS (not imported here: it pulls in torch)
+    learn_method: str = DEFAULT_WORKER_METHOD
     learn_steps: int = 80
     guard_margin: float = 5.0
     idle_ready: float = 900.0
@@ -262,7 +263,7 @@ class Settings:
                                        "max loaded adapters"),
             poll_seconds=as_float(pick(args.poll_seconds, "LLACA_POLL_SECONDS", default=2.0), "poll seconds"),
             worker=worker,
-            learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default="llaca+groups")),
+            learn_method=str(pick(args.learn_method, "LLACA_LEARN_METHOD", default=DEFAULT_WORKER_METHOD)),
             learn_steps=as_int(pick(args.learn_steps, "LLACA_LEARN_STEPS", default=80), "learn steps"),
             guard_margin=as_float(pick(args.guard_margin, "LLACA_GUARD_MARGIN", default=5.0), "guard margin"),
             idle_ready=as_float(pick(args.idle_ready, "LLACA_IDLE_READY", default=900.0), "idle ready"),
@@ -304,9 +305,10 @@ FLAGS: dict[str, dict] = {
     "max_loaded_adapters": dict(type=int, help="group adapters resident in the model at once; the least recently "
                                                "used is unloaded first (default 8; LLACA_MAX_LOADED_ADAPTERS)"),
     "poll_seconds": dict(type=float, help="how often the UI refreshes learning status (default 2; LLACA_POLL_SECONDS)"),
-    "learn_method": dict(help="tuning method of the learning worker: seq, ema, llaca, seq+replay, llaca+replay, or "
-                              "llaca+groups (one adapter per instruction group, questions routed; the default; "
-                              "LLACA_LEARN_METHOD)"),
+    "learn_method": dict(help=f"how the learning worker learns: {', '.join(GROUP_METHODS)} (one adapter per "
+                              "instruction group, questions routed; they differ in where a new group's adapter "
+                              f"starts) or one adapter for all: {', '.join(TUNER_METHODS)} (default "
+                              f"{DEFAULT_WORKER_METHOD}; LLACA_LEARN_METHOD)"),
     "learn_steps": dict(type=int, help="optimizer steps per buffer (default 80; LLACA_LEARN_STEPS)"),
     "guard_margin": dict(type=float, help="points an earlier task or a base probe may lose before a candidate is "
                                           "rejected (default 5; LLACA_GUARD_MARGIN)"),

@@ -13,6 +13,10 @@ after task j, all tasks scored after every task) plus the base-family accuracy a
   with the dynamic EMA plus replay of that group's own earlier samples; a new group's LoRA is
   trained fresh from the base model, without the EMA. Evaluation is routed: every question
   goes to its group's adapter, or to the base model when it matches no group.
+- `llaca+groups+probe`, `+subspace`, `+similar`, `+merged`: the same, but a new group's LoRA
+  starts from what earlier groups learned (`llaca.group_start`). With `+probe`, a task whose
+  words match no group also joins a group whose adapter already answers it, or whose
+  answers are of its kind (`llaca.grouping`, the worker's rule).
 - `joint`: all tasks' data at once with the summed budget (steps x tasks): the upper bound.
   Its matrix is its single final row; forgetting, BWT and new-task accuracy do not apply.
 """
@@ -29,13 +33,11 @@ from typing import Mapping, Sequence
 from .dataset import VQASample
 from .evaluate import adapter_scores
 from .metrics import forgetting_per_task, summarize
-from .tuner import METHODS as TUNER_METHODS
-from .tuner import TuneConfig, tune, uses_replay
+from .methods import GROUP_METHODS, GROUPS, JOINT, METHODS, uses_replay
+from .tuner import TuneConfig, tune
 
 log = logging.getLogger(__name__)
 
-GROUPS, JOINT = "llaca+groups", "joint"
-METHODS: tuple[str, ...] = (*TUNER_METHODS, GROUPS, JOINT)
 
 
 @dataclass
@@ -78,8 +80,8 @@ def run_method(lm, method: str, tasks: Sequence[Task], base_sets: Mapping[str, l
     work = Path(work) / method.replace("+", "_")
     if method == JOINT:
         return _run_joint(lm, tasks, base_sets, template, work)
-    if method == GROUPS:
-        return _run_groups(lm, tasks, base_sets, template, work, replay_per_task)
+    if method in GROUP_METHODS:
+        return _run_groups(lm, tasks, base_sets, template, work, replay_per_task, GROUP_METHODS[method])
     return _run_sequential(lm, method, tasks, base_sets, template, work, replay_per_task, base_replay)
 
 
@@ -114,7 +116,9 @@ def _run_joint(lm, tasks, base_sets, template, work) -> dict:
     return _summary([row], base_after, [res.record], t0)
 
 
-def _run_groups(lm, tasks, base_sets, template, work, replay_per_task) -> dict:
+def _run_groups(lm, tasks, base_sets, template, work, replay_per_task, start_kind: str = "fresh") -> dict:
+    from .group_start import PROBE_SAMPLES, probe, start_adapter
+    from .grouping import join_decision
     from .groups import InstructionCodebook
     from .routed import evaluate_routed
 
@@ -122,24 +126,35 @@ def _run_groups(lm, tasks, base_sets, template, work, replay_per_task) -> dict:
     codebook = InstructionCodebook()
     adapters: dict[str, Path] = {}
     pools: dict[str, list[VQASample]] = {}
+    taught: dict[str, list[VQASample]] = {}  # every sample each group was trained on
     matrix, records, assignment = [], [], []
     for j, task in enumerate(tasks):
         instructions = [s.question for s in task.train]
         group, score = codebook.match(instructions)
         out = work / f"{j:02d}-{task.name}"
-        if group is None:  # a new group: fresh parameters, plain LoRA (no EMA), as the released scripts
+        start, fits, joined = None, {}, False
+        if group is None and start_kind == "probe" and adapters:  # the answers rule (`llaca.grouping`)
+            fits = probe(lm.model, lm.processor, adapters, task.train)
+            group = join_decision(fits, [s.answer for s in task.train[:PROBE_SAMPLES]],
+                                  lambda g: [s.answer for s in taught[g]])
+            joined = group is not None
+        if group is None:  # a new group: plain LoRA (no EMA), from where `start_kind` says
+            start = start_adapter(start_kind, lm.model, lm.processor, adapters, task.train, codebook=codebook,
+                                  instructions=instructions, scratch=work / f"{j:02d}-start", fits=fits)
             group = codebook.add(instructions)
             cfg = replace(template, method="seq", seed=template.seed + j)
-            res = tune(lm.model, lm.processor, task.train, cfg, out_dir=out)
+            res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=start.adapter, out_dir=out)
         else:  # retrain the matched group with the dynamic EMA and replay of its own earlier samples
             codebook.add(instructions, group)
             cfg = replace(template, method="llaca+replay", seed=template.seed + j)
             res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=adapters[group], out_dir=out,
                        replay=pools[group])
         adapters[group] = out
+        taught.setdefault(group, []).extend(task.train)
         pools.setdefault(group, []).extend(task.train[:replay_per_task])
         records.append(res.record)
-        assignment.append({"task": task.name, "group": group, "match_score": round(float(score), 3)})
+        assignment.append({"task": task.name, "group": group, "match_score": round(float(score), 3),
+                           "joined_by_answers": joined, **(start.record() if start else {})})
         routed = evaluate_routed(lm.model, lm.processor, adapters, codebook.route, [t.test for t in tasks])
         matrix.append([r["accuracy"] for r in routed])
         log.info("%s after %s (group %s): %s", GROUPS, task.name, group, matrix[-1])

@@ -26,8 +26,9 @@ from feedback_store import WorkerActivity
 
 from .adapter_files import publish_first_free, staging_dir, version_names
 from .adapter_metrics import AdapterMetrics
-from .group_learning import GROUPS_METHOD, groups_lock, routed_hits, served_system, worker_codebook
+from .group_learning import groups_lock, routed_hits, served_system, worker_codebook
 from .guard import EARLIER, NEW, PROBE, TAUGHT, GuardReport, PairedSet, decide_paired
+from .methods import GROUPS
 from .tuner import TuneConfig, library_versions
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ MAX_TAUGHT_CHECK = 64
 def _register(store, name: str, current, final, report: GuardReport, probes: list[str], seconds: float, extra: dict):
     metrics = AdapterMetrics.for_candidate(name, current, SimpleNamespace(id=0, session_id=""), report, probes,
                                            extra, seconds)
-    store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
+    store.register_adapter(name, current.version if current else None, final, GROUPS, metrics.to_dict(),
                            library_versions())
     store.promote_adapter(name)
 

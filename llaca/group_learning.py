@@ -1,13 +1,16 @@
-"""Online learning with instruction groups (`--learn-method llaca+groups`): one buffer, per group.
+"""Online learning with instruction groups (`--learn-method llaca+groups...`): one buffer, per group.
 
-The learning worker (`llaca.worker`) hands a claimed buffer here when its method is
-`llaca+groups`. Each correction is assigned to an instruction group by the worker's codebook
-(`adapters/codebook.json`, every group ever taught; a question like no group's starts a new
-one), and each group in the buffer gets its own run:
+The learning worker (`llaca.worker`) hands a claimed buffer here when its method is a group
+method (`llaca.methods.GROUP_METHODS`). Each correction is assigned to an instruction group by
+`llaca.grouping`'s rule over the worker's codebook (`adapters/codebook.json`, every group
+ever taught): its words, else what the served groups' adapters already answer (a question
+like no group's starts a new one). Each group in the buffer then gets its own run:
 
 1. **Train** the group's adapter: a group the served system already has continues from its
    adapter with the dynamic EMA and replay of the group's earlier, learned corrections
-   (`llaca+replay`); a new group is trained fresh (`seq`), as the paper's ICML version does.
+   (`llaca+replay`); a new group is trained with `seq` from where the method says
+   (`llaca.group_start`: fresh, as the paper's ICML version does, or a copy of a related
+   group's adapter).
    The run's training set is the buffer's new training items of the group plus every
    *pending* item of the group: corrections of rejected runs, and held-out items the served
    version still answered wrong. Nothing a user taught is dropped, except that a correction
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -52,16 +56,17 @@ from feedback_store import MAX_REFUSALS, AdapterStatus, BufferStatus, Split, Wor
 
 from .adapter_files import staging_dir
 from .adapter_metrics import AdapterMetrics
-from .continual import GROUPS
+from .group_start import PROBE_SAMPLES, probe, start_adapter
+from .grouping import assign_questions
 from .groups import InstructionCodebook
 from .guard import CONFLICT, EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
 from .routed import routed_correct
+from .methods import GROUP_METHODS
 from .routed_system import RoutedSystem, is_routed_system
 from .tuner import TuneConfig, library_versions
 
 log = logging.getLogger(__name__)
 
-GROUPS_METHOD = GROUPS  # the method name, defined once in llaca.continual
 WORKER_CODEBOOK = "codebook.json"  # in adapters/: the worker's codebook of every group ever assigned
 LOCK_FILE = ".groups.lock"  # in adapters/: serialises codebook updates and promotions between workers
 
@@ -122,18 +127,31 @@ def assign_groups(worker, buffer, items) -> dict[int, str]:
 
 
 def _assign(worker, buffer, items) -> dict[int, str]:
+    """`llaca.grouping`'s rule: words, else what the served groups' adapters already answer."""
     codebook = worker_codebook(worker.adapters_dir)
-    groups: dict[int, str] = {}
-    new_questions: dict[str, list[str]] = defaultdict(list)
-    for it in sorted(items, key=lambda i: i.id):
-        group = it.group_id or codebook.route(it.question)
-        if group is None:
-            group = codebook.add([it.question])  # a new group; later items like it route to it
-        else:
-            new_questions[group].append(it.question)
-        groups[it.id] = group
-    for group, questions in new_questions.items():
-        codebook.add(questions, group)
+    todo = [it for it in sorted(items, key=lambda i: i.id) if not it.group_id]
+    by_question: dict[str, list] = defaultdict(list)
+    for it in todo:
+        by_question[it.question].append(it)
+    _, system = served_system(worker.store)
+
+    def probe_served(samples):
+        return probe(worker.lm.model, worker.lm.processor, system.adapters, samples, shared=worker.shared)
+
+    def group_answers(group: str) -> list[str]:  # what the group's served adapter was taught
+        return [it.answer for it, _ in worker.store.group_items(group) if it.learned_in is not None]
+
+    decisions = assign_questions(codebook, [it.question for it in todo],
+                                 lambda q: worker._samples(by_question[q][:PROBE_SAMPLES]),
+                                 probe_served if system.adapters else None, group_answers)
+    for q, d in decisions.items():
+        if d.by != "words":
+            fits = ", ".join(f"{g} {f.accuracy:.0%} right, loss {f.loss:.2f}" for g, f in d.fits.items())
+            log.info("buffer %s: %r %s (probe: %s)", buffer.id, q[:80],
+                     f"joins group {d.group}: its adapter already answers it" if d.by == "answers"
+                     else f"starts group {d.group}", fits or "no adapters yet")
+    groups = {it.id: it.group_id for it in items if it.group_id}
+    groups |= {it.id: decisions[it.question].group for it in todo}
     codebook.save(worker.adapters_dir / WORKER_CODEBOOK)
     worker.store.set_item_groups(buffer.id, groups)
     return groups
@@ -238,8 +256,15 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
         worker.state(WorkerActivity.TRAINING, buffer=buffer.id, group=group, step=step, total=total, loss=round(loss, 4))
 
     samples = worker._samples
-    result = worker._train(buffer.id, samples(train), samples(replay_items), tcfg,
-                           system.adapters.get(group), stage / group, progress)
+    with tempfile.TemporaryDirectory(prefix="llaca-start-") as scratch:
+        init, start = system.adapters.get(group), None
+        if not continues:  # a new group starts where the method says (llaca.group_start)
+            start = start_adapter(GROUP_METHODS[settings.learn_method], worker.lm.model, worker.lm.processor,
+                                  system.adapters, samples(train), codebook=codebook,
+                                  instructions=[it.question for it in train], shared=worker.shared,
+                                  scratch=Path(scratch))
+            init = start.adapter
+        result = worker._train(buffer.id, samples(train), samples(replay_items), tcfg, init, stage / group, progress)
     prior = system.authors.get(group, []) if continues else []
     candidate = system.replaced(group, stage / group, revision, codebook, authors=sorted({*prior, *run_authors}))
 
@@ -286,8 +311,9 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
         worker._checkpoint("after-publish")
         metrics = AdapterMetrics.for_candidate(
             name, current, buffer, report, [p.name for p in worker.probes],
-            {**result.record, "items": items, "revision": revision}, time.perf_counter() - t0, group=group)
-        store.register_adapter(name, current.version if current else None, final, GROUPS_METHOD, metrics.to_dict(),
+            {**result.record, "items": items, "revision": revision, "start": start.record() if start else None},
+            time.perf_counter() - t0, group=group)
+        store.register_adapter(name, current.version if current else None, final, settings.learn_method, metrics.to_dict(),
                                library_versions())
         worker._checkpoint("after-register")
         if report.passed:

@@ -77,3 +77,23 @@ def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def curves_figure(families: Sequence[str], curves: Mapping[str, Mapping[str, Sequence[Mapping]]]) -> Figure:
+    """Accuracy against the number of corrections: one panel per family, one line per method.
+    `curves[method][family]` is a list of {"corrections": n, "taught": accuracy %}."""
+    cols = min(4, len(families))
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows), constrained_layout=True, squeeze=False)
+    for ax, family in zip(axes.flat, families):
+        for method, per_family in curves.items():
+            points = per_family.get(family, [])
+            ax.plot([p["corrections"] for p in points], [p["taught"] for p in points], marker="o", label=method)
+        ax.set_title(family, fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("corrections", fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    return fig

@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 
 from .config import Settings, SettingsError, add_flags
 from .dataset import VQASample, read_folder, write_folder
-from .tuner import METHODS, TuneConfig, TuneResult, TuningError
+from .methods import TUNER_METHODS
+from .tuner import TuneConfig, TuneResult, TuningError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="LLaVA-format folder of the samples to learn")
     ap.add_argument("--out", type=Path, required=True, help="where the adapter and run_record.json are written")
-    ap.add_argument("--method", choices=METHODS, default=TuneConfig.method)
+    ap.add_argument("--method", choices=TUNER_METHODS, default=TuneConfig.method)
     ap.add_argument("--init-adapter", type=Path, default=None, help="peft adapter folder to continue from")
     ap.add_argument("--replay", type=Path, default=None, help="LLaVA-format folder of earlier tasks (+replay methods)")
     add_flags(ap, ("model", "log_level"))  # shared with the app and the worker (llaca.config)

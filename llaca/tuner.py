@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from .dataset import VQASample
+from .methods import TUNER_METHODS, uses_replay
 from .ema import AdaptiveEMA, FixedEMA
 from .schedule import warmup_cosine
 from .encoding import answer_loss, answer_tokens, encode_supervised
@@ -48,12 +49,6 @@ log = logging.getLogger(__name__)
 
 TRAINING_ADAPTER = "llaca-training"  # the trained adapter's name in a shared model
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-METHODS = ("seq", "ema", "llaca", "seq+replay", "llaca+replay")
-
-
-def uses_replay(method: str) -> bool:
-    """Whether a tuning method mixes stored samples of earlier tasks into every batch."""
-    return method.endswith("+replay")
 
 
 class TuningError(RuntimeError):
@@ -83,8 +78,8 @@ class TuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TuningError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in TUNER_METHODS:
+            raise TuningError(f"unknown method {self.method!r}; choose one of {', '.join(TUNER_METHODS)}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise TuningError("mixed_precision must be auto, no or bf16 (fp16 loss scaling would skew the EMA's gradients)")
 

@@ -48,12 +48,13 @@ from .adapter_metrics import AdapterMetrics
 from .config import Settings
 from .dataset import VQASample, read_folder
 from .evaluate import adapter_scores
-from .group_learning import GROUPS_METHOD, process_groups
+from .group_learning import process_groups
 from .guard import EARLIER, NEW, PROBE, EvalSet, decide
 from .liveness import HEARTBEAT_SECONDS
 from .model import LoadedModel, load_model
 from .tune import run_command
-from .tuner import TuneConfig, TuneResult, library_versions, tune, uses_replay
+from .methods import is_group_method, uses_replay
+from .tuner import TuneConfig, TuneResult, library_versions, tune
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class LearningWorker:
             self.close()
 
     def run_once(self) -> bool:
-        if self.settings.learn_method == GROUPS_METHOD and self.run_job():
+        if is_group_method(self.settings.learn_method) and self.run_job():
             return True
         if self.settings.idle_ready:
             self.store.mark_idle_buffers_ready(self.settings.idle_ready)
@@ -361,7 +362,7 @@ class LearningWorker:
 
     def _process(self, buffer, lost: threading.Event) -> str:
         cfg, store, settings = self.cfg, self.store, self.settings
-        if settings.learn_method == GROUPS_METHOD:
+        if is_group_method(settings.learn_method):
             return process_groups(self, buffer, lost)
         recovered = self._recover(buffer)
         if recovered:

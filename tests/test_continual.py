@@ -4,6 +4,8 @@ joint trains once on everything, and the bench's methods are the ones named in t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,16 @@ from llaca.tuner import TuneConfig, _batches
 from llaca.world.heldout import heldout
 
 
-def test_the_methods_side_by_side():
-    assert METHODS == ("seq", "ema", "llaca", "seq+replay", "llaca+replay", "llaca+groups", "joint")
+def test_bench_lists_every_method_one_a_line_from_a_registry_without_torch():
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run([sys.executable, "-m", "llaca.bench", "--list"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0 and listed.stdout.split("\n")[:-1] == list(METHODS)
+    assert {"seq", "llaca+replay", "llaca+groups", "llaca+groups+probe", "joint"} <= set(METHODS)
+    # the app's settings and the worker's method names load without torch
+    probe = "import sys, llaca.methods, llaca.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
 
 
 def test_replay_really_mixes_in_earlier_samples():

@@ -23,15 +23,17 @@ def png(image) -> bytes:
     return buf.getvalue()
 
 
-def teach(store, family: str, n: int, seed: int, answer_for=None, threshold: int | None = None) -> tuple[str, int]:
+def teach(store, family: str, n: int, seed: int, answer_for=None, threshold: int | None = None,
+          question: str | None = None) -> tuple[str, int]:
     """A session asks n questions of `family`, gets a wrong answer, and corrects each one.
 
-    `answer_for(sample)` gives the correction (default: the true answer). Returns (session, buffer id).
+    `answer_for(sample)` gives the correction (default: the true answer); `question` asks every
+    sample in other words (default: the family's own). Returns (session, buffer id).
     """
     session = store.start_session(client="test")
     state = None
     for s in heldout(family, n, seed=seed):
-        q = store.record_user_message(session.id, s.question, image_bytes=png(s.image))
+        q = store.record_user_message(session.id, question or s.question, image_bytes=png(s.image))
         a = store.record_answer(session.id, q.id, "I do not know", adapter_version=None, gen_params={"temperature": 0})
         state = store.add_correction(session.id, a.id, answer_for(s) if answer_for else s.answer,
                                      ready_threshold=threshold or n)

@@ -1,0 +1,203 @@
+"""Where a new instruction group's adapter starts: the base model, or what earlier groups learned.
+
+A new group (a kind of question no group holds yet) gets its own LoRA adapter, so teaching it
+cannot change what other groups answer. What it starts from decides how much it must learn
+again. One decision, used by the benchmark's group methods and by the worker's group policy:
+
+- ``fresh``: a new LoRA from the base model (the paper's ICML version; `llaca+groups`).
+- ``probe``: a copy of the served adapter that already answers the new group's first
+  corrections best: each group's adapter and the base model answer up to `PROBE_SAMPLES` of
+  them (`probe`: greedy answers and the answers' token loss); the adapter with the most right
+  answers (then the lowest loss) is copied if it answers at least `TRANSFER_ACCURACY` of them
+  right and more than the base model, else the group starts fresh. The source group's own
+  adapter is never written.
+- ``subspace``: the down-projections (LoRA's A) of the adapter with the lowest probe loss, the
+  up-projections (B) zero, as a fresh LoRA's: the new adapter starts as the base model (its
+  update is zero) but learns in the directions the related group found useful.
+- ``similar``: a copy of the adapter of the group whose stored instructions are most like the
+  new group's (the codebook's score; it stayed under the match threshold, or the group would
+  not be new); fresh if no group shares a word with them.
+- ``merged``: the served groups' adapters combined into one of the same rank (peft's
+  ``add_weighted_adapter``, SVD of the equally weighted sum of their updates).
+
+`start_adapter` returns the folder the new group's training starts from (None: fresh) and a
+record of the decision (the candidates' losses or scores) for the run's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .dataset import VQASample
+from .encoding import answer_loss, encode_supervised
+
+log = logging.getLogger(__name__)
+
+STARTS: tuple[str, ...] = ("fresh", "probe", "subspace", "similar", "merged")
+PROBE_SAMPLES = 16  # of the new group's corrections, the first ones the probe scores
+TRANSFER_ACCURACY = 0.2  # a probe start copies an adapter that answers at least this share right
+BASE = "base"  # the base model's name in a probe's losses
+
+
+@dataclass
+class Start:
+    """The decision: the adapter folder to copy (None: a fresh LoRA), which group's it is, and
+    the evidence (per candidate, its probe loss or instruction score)."""
+
+    adapter: Path | None
+    source: str | None
+    kind: str
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"start": self.kind, "from_group": self.source,
+                "evidence": {k: round(v, 4) for k, v in self.evidence.items()}}
+
+
+def check_start(kind: str) -> str:
+    if kind not in STARTS:
+        raise ValueError(f"unknown group start {kind!r}; choose one of: {', '.join(STARTS)}")
+    return kind
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How well one candidate (the base model or a group's adapter) already answers a probe:
+    the share of the samples it answers right (greedy, `is_correct`) and the answers' mean
+    token loss."""
+
+    accuracy: float
+    loss: float
+
+
+@torch.no_grad()
+def probe(model, processor, adapters: Mapping[str, Path], samples: Sequence[VQASample],
+          shared=None) -> dict[str, Fit]:
+    """How the base model (`BASE`) and each adapter {group: folder} answer up to `PROBE_SAMPLES`
+    of `samples`: one batched greedy generation and one forward each. With `shared` (the app's
+    `SharedModel`) the adapters answer on it, one resident at a time, rows of this thread only."""
+    from .evaluate import generate_answers, is_correct
+
+    samples = list(samples)[:PROBE_SAMPLES]
+    if not samples:
+        return {}
+    batch = encode_supervised(processor, samples)
+
+    def fit(m) -> Fit:
+        answers = generate_answers(m, processor, samples, max_new_tokens=24)
+        right = sum(is_correct(a, s.answer) for a, s in zip(answers, samples))
+        return Fit(right / len(samples), float(answer_loss(m, _to_model(batch, m))))
+
+    if shared is not None:
+        from .shared_model import adapter_key
+
+        out = {}
+        for group, path in [(BASE, None), *adapters.items()]:
+            with shared.answering(adapter_key(path) if path else None, path) as m:
+                out[group] = fit(m)
+        return out
+    from .routed import RoutedModel
+
+    out = {BASE: fit(model)}
+    with RoutedModel(model, adapters) as routed:
+        for group in adapters:
+            routed.model.set_adapter(group)
+            out[group] = fit(routed.model)
+    return out
+
+
+def best_fit(fits: Mapping[str, Fit]) -> str | None:
+    """The group whose adapter answers the probe best: most right, then lowest loss; None when
+    there is no group or none answers more right than the base model."""
+    groups = {g: f for g, f in fits.items() if g != BASE}
+    if not groups:
+        return None
+    best = min(groups, key=lambda g: (-groups[g].accuracy, groups[g].loss, g))
+    base = fits.get(BASE)
+    return best if base is None or groups[best].accuracy > base.accuracy else None
+
+
+def _to_model(batch: dict, model) -> dict:
+    p = next(model.parameters())
+    dtype = next(q for q in model.parameters() if q.is_floating_point()).dtype
+    out = {k: v.to(p.device) for k, v in batch.items()}
+    out["pixel_values"] = out["pixel_values"].to(dtype)
+    return out
+
+
+def down_projections_only(adapter: Path, out_dir: Path) -> Path:
+    """A copy of the adapter at `adapter` with every LoRA B (up-projection) zeroed."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(adapter / "adapter_config.json", out_dir / "adapter_config.json")
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({k: (torch.zeros_like(v) if ".lora_B." in k else v) for k, v in tensors.items()},
+              str(out_dir / "adapter_model.safetensors"))
+    return out_dir
+
+
+def merged_adapter(model, adapters: Mapping[str, Path], out_dir: Path) -> Path:
+    """The groups' adapters combined into one of the same rank, written to `out_dir`."""
+    from peft import PeftModel
+
+    names = list(adapters)
+    wrapped = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
+    try:
+        for name in names[1:]:
+            wrapped.load_adapter(adapters[name], adapter_name=name)
+        rank = wrapped.peft_config[names[0]].r
+        wrapped.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "merged",
+                                     combination_type="svd", svd_rank=rank)
+        wrapped.save_pretrained(out_dir, selected_adapters=["merged"])
+    finally:
+        wrapped.unload()
+    return Path(out_dir) / "merged"  # peft writes a non-default adapter into a subfolder
+
+
+def start_adapter(kind: str, model, processor, adapters: Mapping[str, Path], samples: Sequence[VQASample],
+                  codebook=None, instructions: Sequence[str] = (), shared=None,
+                  scratch: Path | None = None, fits: Mapping[str, Fit] | None = None) -> Start:
+    """Decide where a new group starts (module docstring). `adapters` are the existing groups'
+    adapter folders; `samples` the new group's corrections; `codebook` and `instructions` are
+    needed by ``similar``; `scratch` is where ``merged`` and ``subspace`` write theirs; `fits`, a
+    probe already run on these samples and adapters, saves running it again."""
+    check_start(kind)
+    if kind == "fresh" or not adapters:
+        return Start(None, None, kind)
+    if kind in ("probe", "subspace") and not fits:
+        fits = probe(model, processor, adapters, samples, shared=shared)
+    if kind == "probe":
+        best = best_fit(fits)
+        if best is None or fits[best].accuracy < TRANSFER_ACCURACY:
+            best = None
+        evidence = {f"{g} accuracy": f.accuracy for g, f in fits.items()} | {f"{g} loss": f.loss for g, f in fits.items()}
+        return Start(Path(adapters[best]) if best else None, best, kind, evidence)
+    if kind == "subspace":
+        groups = {g: f for g, f in fits.items() if g != BASE}
+        best = min(groups, key=lambda g: (groups[g].loss, g))
+        scratch = Path(scratch or tempfile.mkdtemp(prefix="llaca-subspace-"))
+        evidence = {f"{g} loss": f.loss for g, f in fits.items()}
+        return Start(down_projections_only(Path(adapters[best]), scratch / "subspace"), best, kind, evidence)
+    if kind == "similar":
+        if codebook is None or not instructions:
+            raise ValueError("the similar start needs the codebook and the new group's instructions")
+        scores: dict[str, float] = {}
+        for q in instructions:
+            for g, s in codebook.scores(q).items():
+                if g in adapters:
+                    scores[g] = scores.get(g, 0.0) + s / len(instructions)
+        best = max(scores, key=scores.get, default=None)
+        if best is None or scores[best] <= 0.0:
+            return Start(None, None, kind, scores)
+        return Start(Path(adapters[best]), best, kind, scores)
+    scratch = Path(scratch or tempfile.mkdtemp(prefix="llaca-merged-"))
+    return Start(merged_adapter(model, adapters, scratch), ",".join(adapters), kind)

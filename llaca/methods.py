@@ -1,0 +1,37 @@
+"""The names of the learning methods, in one place, without torch.
+
+- Single-adapter methods (`TUNER_METHODS`), each one LoRA continued task after task by
+  `llaca.tuner`: `seq`, `ema` (fixed EMA), `llaca` (the adaptive EMA), and `+replay` variants
+  that mix stored samples of earlier tasks into every batch.
+- Group methods (`GROUP_METHODS`): an instruction group per kind of question, each with its own
+  LoRA (`llaca.grouping`, `llaca.group_start`); a known group continues with `llaca+replay`
+  of its own corrections. They differ in where a new group's adapter starts (the value).
+- `joint`: every task's data at once, the benchmark's upper bound.
+
+The app's settings, the worker and the benchmark read these names from here.
+"""
+
+from __future__ import annotations
+
+TUNER_METHODS: tuple[str, ...] = ("seq", "ema", "llaca", "seq+replay", "llaca+replay")
+GROUPS = "llaca+groups"
+GROUP_METHODS: dict[str, str] = {  # method -> where a new group starts (`llaca.group_start.STARTS`)
+    GROUPS: "fresh",
+    f"{GROUPS}+probe": "probe",
+    f"{GROUPS}+subspace": "subspace",
+    f"{GROUPS}+similar": "similar",
+    f"{GROUPS}+merged": "merged",
+}
+JOINT = "joint"
+METHODS: tuple[str, ...] = (*TUNER_METHODS, *GROUP_METHODS, JOINT)
+WORKER_METHODS: tuple[str, ...] = (*TUNER_METHODS, *GROUP_METHODS)  # what the learning worker can train with
+DEFAULT_WORKER_METHOD = GROUPS
+
+
+def uses_replay(method: str) -> bool:
+    """Whether a single-adapter method mixes stored samples of earlier tasks into every batch."""
+    return method.endswith("+replay")
+
+
+def is_group_method(method: str) -> bool:
+    return method in GROUP_METHODS
