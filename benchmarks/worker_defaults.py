@@ -4,7 +4,7 @@
         [--configs "buffer=8 steps=80 lr=3e-4" "buffer=16 steps=120 lr=1e-3" ...] [--json F]
 
 For each configuration, one simulated user teaches the families in sequence through the real
-store and the real worker (in this process, `llaca+groups`): `--per-family` corrections per
+store and the real worker (in this process, the app's default learn method unless `method=`): `--per-family` corrections per
 family on fresh synthetic images of 64-128 px, in buffers of `buffer`; the worker learns every
 buffer as it fills. Then the served routed system answers fresh images of every family and of
 the base families (colour, shape). Reported per configuration: accuracy per family, the base
@@ -13,7 +13,7 @@ by a promoted version, versions promoted and rejected, and worker seconds per bu
 
 A configuration is a list of `key=value`: buffer, steps, lr, heldout (held-out share),
 replay (share of each batch replayed from the group's learned corrections; `pool`: the pool's
-own share) and batch; what a configuration does not set is the worker's default.
+own share), batch and method (a group method of `llaca.methods`); what a configuration does not set is the worker's default.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SIZES = (64, 128)
 DEFAULT_CONFIGS = ("", "lr=1e-3", "steps=120", "replay=pool", "buffer=16 steps=120")
 
 
-KINDS = {"buffer": int, "steps": int, "lr": float, "heldout": float, "replay": str, "batch": int}
+KINDS = {"buffer": int, "steps": int, "lr": float, "heldout": float, "replay": str, "batch": int, "method": str}
 
 
 def parse_config(text: str) -> dict:
@@ -50,7 +50,7 @@ def parse_config(text: str) -> dict:
     settings = Settings()
     out = {"buffer": settings.buffer_size, "steps": settings.learn_steps, "lr": defaults["lr"],
            "heldout": defaults["heldout_fraction"], "replay": str(defaults["group_replay"] or "pool"),
-           "batch": defaults["batch_size"]}
+           "batch": defaults["batch_size"], "method": settings.learn_method}
     for part in text.split():
         key, _, value = part.partition("=")
         if key not in KINDS:
@@ -80,7 +80,7 @@ def run_config(lm, cfg: dict, families: list[str], per_family: int, eval_n: int,
     with tempfile.TemporaryDirectory(prefix="llaca-defaults-") as tmp:
         store = FeedbackStore(tmp)
         worker = LearningWorker(WorkerConfig(
-            Settings(data_dir=Path(tmp), learn_method="llaca+groups", learn_steps=cfg["steps"]), lr=cfg["lr"],
+            Settings(data_dir=Path(tmp), learn_method=cfg["method"], learn_steps=cfg["steps"]), lr=cfg["lr"],
             heldout_fraction=cfg["heldout"], batch_size=cfg["batch"],
             group_replay=None if cfg["replay"] == "pool" else float(cfg["replay"])), store, lm=lm)
         t0, buffers, after = time.perf_counter(), 0, []

@@ -133,14 +133,15 @@ def _run_groups(lm, tasks, base_sets, template, work, replay_per_task, start_kin
         group, score = codebook.match(instructions)
         out = work / f"{j:02d}-{task.name}"
         start, fits, joined = None, {}, False
-        if group is None and start_kind == "probe" and adapters:  # the answers rule (`llaca.grouping`)
+        if group is None and start_kind in ("probe", "transfer") and adapters:  # rule 2 of `llaca.grouping`
             fits = probe(lm.model, lm.processor, adapters, task.train)
             group = join_decision(fits, [s.answer for s in task.train[:PROBE_SAMPLES]],
                                   lambda g: [s.answer for s in taught[g]])
             joined = group is not None
         if group is None:  # a new group: plain LoRA (no EMA), from where `start_kind` says
             start = start_adapter(start_kind, lm.model, lm.processor, adapters, task.train, codebook=codebook,
-                                  instructions=instructions, scratch=work / f"{j:02d}-start", fits=fits)
+                                  instructions=instructions, scratch=work / f"{j:02d}-start", fits=fits,
+                                  group_samples=taught)
             group = codebook.add(instructions)
             cfg = replace(template, method="seq", seed=template.seed + j)
             res = tune(lm.model, lm.processor, task.train, cfg, init_adapter=start.adapter, out_dir=out)

@@ -61,7 +61,7 @@ from .grouping import assign_questions
 from .groups import InstructionCodebook
 from .guard import CONFLICT, EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired
 from .routed import routed_correct
-from .methods import GROUP_METHODS
+from .methods import GROUP_METHODS, joins_by_answers
 from .routed_system import RoutedSystem, is_routed_system
 from .tuner import TuneConfig, library_versions
 
@@ -139,22 +139,28 @@ def _assign(worker, buffer, items) -> dict[int, str]:
         return probe(worker.lm.model, worker.lm.processor, system.adapters, samples, shared=worker.shared)
 
     def group_answers(group: str) -> list[str]:  # what the group's served adapter was taught
-        return [it.answer for it, _ in worker.store.group_items(group) if it.learned_in is not None]
+        return [it.answer for it in _learned(worker.store, group)]
 
     decisions = assign_questions(codebook, [it.question for it in todo],
                                  lambda q: worker._samples(by_question[q][:PROBE_SAMPLES]),
-                                 probe_served if system.adapters else None, group_answers)
+                                 probe_served if system.adapters and joins_by_answers(worker.settings.learn_method)
+                                 else None, group_answers)
     for q, d in decisions.items():
         if d.by != "words":
             fits = ", ".join(f"{g} {f.accuracy:.0%} right, loss {f.loss:.2f}" for g, f in d.fits.items())
             log.info("buffer %s: %r %s (probe: %s)", buffer.id, q[:80],
-                     f"joins group {d.group}: its adapter already answers it" if d.by == "answers"
-                     else f"starts group {d.group}", fits or "no adapters yet")
+                     f"joins group {d.group} by its answers" if d.by == "answers"
+                     else f"starts group {d.group}", fits or "not probed")
     groups = {it.id: it.group_id for it in items if it.group_id}
     groups |= {it.id: decisions[it.question].group for it in todo}
     codebook.save(worker.adapters_dir / WORKER_CODEBOOK)
     worker.store.set_item_groups(buffer.id, groups)
     return groups
+
+
+def _learned(store, group: str) -> list:
+    """The group's corrections that a promoted version learned, oldest first."""
+    return [it for it, _ in store.group_items(group) if it.learned_in is not None and it.image_sha256]
 
 
 def evidence_by_author(earlier, author_of: dict[int, str], run_authors: set[str]) -> list[tuple[str, list]]:
@@ -259,10 +265,11 @@ def _run_group(worker, buffer, group: str, lost: threading.Event) -> tuple[str, 
     with tempfile.TemporaryDirectory(prefix="llaca-start-") as scratch:
         init, start = system.adapters.get(group), None
         if not continues:  # a new group starts where the method says (llaca.group_start)
-            start = start_adapter(GROUP_METHODS[settings.learn_method], worker.lm.model, worker.lm.processor,
-                                  system.adapters, samples(train), codebook=codebook,
-                                  instructions=[it.question for it in train], shared=worker.shared,
-                                  scratch=Path(scratch))
+            kind = GROUP_METHODS[settings.learn_method]
+            taught = {g: samples(_learned(store, g)[:PROBE_SAMPLES]) for g in system.adapters} if kind in ("scene", "transfer") else None
+            start = start_adapter(kind, worker.lm.model, worker.lm.processor, system.adapters, samples(train),
+                                  codebook=codebook, instructions=[it.question for it in train],
+                                  shared=worker.shared, scratch=Path(scratch), group_samples=taught)
             init = start.adapter
         result = worker._train(buffer.id, samples(train), samples(replay_items), tcfg, init, stage / group, progress)
     prior = system.authors.get(group, []) if continues else []

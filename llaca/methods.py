@@ -18,6 +18,8 @@ GROUPS = "llaca+groups"
 GROUP_METHODS: dict[str, str] = {  # method -> where a new group starts (`llaca.group_start.STARTS`)
     GROUPS: "fresh",
     f"{GROUPS}+probe": "probe",
+    f"{GROUPS}+scene": "scene",
+    f"{GROUPS}+transfer": "transfer",
     f"{GROUPS}+subspace": "subspace",
     f"{GROUPS}+similar": "similar",
     f"{GROUPS}+merged": "merged",
@@ -35,3 +37,10 @@ def uses_replay(method: str) -> bool:
 
 def is_group_method(method: str) -> bool:
     return method in GROUP_METHODS
+
+
+def joins_by_answers(method: str) -> bool:
+    """Whether a group method also lets a question worded like no group join the group whose
+    adapter answers it, or whose answers are its kind (`llaca.grouping`, rule 2); the others
+    group by words alone, as the paper does."""
+    return GROUP_METHODS.get(method) in ("probe", "transfer")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from feedback_store import FeedbackStore
 from llaca.config import Settings
-from llaca.group_start import BASE, Fit, probe, start_adapter
+from llaca.group_start import BASE, SCENE_RATIO, Fit, probe, start_adapter
 from llaca.grouping import answer_kind, assign_questions, join_decision, same_kind
 from llaca.groups import InstructionCodebook
 from llaca.routed_system import RoutedSystem
@@ -83,12 +83,13 @@ def test_assign_questions_stores_each_wording_where_it_goes():
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
-    """Two group adapters: position (trained until it answers) and count (a few steps)."""
+    """Group adapters: position and count (trained until they answer in their format), letter (a few steps)."""
     root = tmp_path_factory.mktemp("groups")
     cfg = TuneConfig(method="seq", steps=40, batch_size=8, lr=1e-3, seed=0)
     tune(tiny.model, tiny.processor, heldout("position", 64, seed=1), cfg, out_dir=root / "position")
-    tune(tiny.model, tiny.processor, heldout("count", 16, seed=2), replace(cfg, steps=5), out_dir=root / "count")
-    return {"g1": root / "position", "g2": root / "count"}
+    tune(tiny.model, tiny.processor, heldout("count", 32, seed=2), replace(cfg, steps=30), out_dir=root / "count")
+    tune(tiny.model, tiny.processor, heldout("letter", 16, seed=3), replace(cfg, steps=5), out_dir=root / "letter")
+    return {"g1": root / "position", "g2": root / "count", "g3": root / "letter"}
 
 
 def test_probe_start_copies_the_adapter_that_answers_and_its_source_is_not_written(tiny, trained, tmp_path):
@@ -109,8 +110,33 @@ def test_probe_start_copies_the_adapter_that_answers_and_its_source_is_not_writt
     assert any(not torch.equal(source[k], v) for k, v in tensors(tmp_path / "trained").items())
     assert {g: digest(p) for g, p in trained.items()} == before
     # a kind of question no adapter answers starts fresh
-    fresh = start_adapter("probe", tiny.model, tiny.processor, trained, heldout("letter", 8, seed=4))
+    fresh = start_adapter("probe", tiny.model, tiny.processor, trained, heldout("box", 8, seed=4))
     assert fresh.adapter is None and fresh.record()["start"] == "probe"
+
+
+def test_scene_start_copies_the_clearly_nearest_group_unless_the_base_model_knows_more(tiny, trained):
+    taught = {"g1": heldout("position", 16, seed=1), "g2": heldout("count", 16, seed=2),
+              "g3": heldout("letter", 16, seed=3)}
+    count_and_letter = {g: trained[g] for g in ("g2", "g3")}
+    # a choice between options about several scattered shapes: count's scenes, and the base
+    # model says none of the answers: count's adapter is the one to build on
+    near = start_adapter("scene", tiny.model, tiny.processor, count_and_letter, heldout("choice", 16, seed=8),
+                         group_samples=taught)
+    assert (near.adapter, near.source) == (trained["g2"], "g2"), near.evidence
+    assert near.evidence["g2 distance"] <= SCENE_RATIO * near.evidence["g3 distance"]
+    # one shape in a corner is clearly nearest count's scenes too, but the base model already
+    # says where it is ("... top left ..."), which a copy of count's adapter would overwrite
+    known = start_adapter("scene", tiny.model, tiny.processor, count_and_letter, heldout("position", 16, seed=9),
+                          group_samples=taught)
+    assert known.adapter is None and known.evidence["base says"] > known.evidence["g2 says"], known.evidence
+    # a letter is like neither position's nor count's scenes: no clear nearest group, fresh
+    far = start_adapter("scene", tiny.model, tiny.processor, {g: trained[g] for g in ("g1", "g2")},
+                        heldout("letter", 16, seed=10), group_samples=taught)
+    assert far.adapter is None and "base says" not in far.evidence
+    # with one group there is no runner-up to be clearly nearer than: fresh
+    alone = start_adapter("scene", tiny.model, tiny.processor, {"g2": trained["g2"]}, heldout("choice", 16, seed=8),
+                          group_samples=taught)
+    assert alone.adapter is None
 
 
 def test_subspace_start_keeps_the_down_projections_and_zeroes_the_up_projections(tiny, trained, tmp_path):

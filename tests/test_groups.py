@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from llaca.groups import CodebookError, InstructionCodebook, slot_pattern
+from llaca.groups import CodebookError, InstructionCodebook
+from llaca.instruction_match import slot_pattern
 from llaca.world.families import CONTINUAL_SEQUENCE, FAMILIES, generate
 
 TRAIN_SEED, HELDOUT_SEED = 0, 10_000
@@ -113,9 +114,9 @@ def test_released_pair_cosine_equals_a_vectorizer_fit_per_pair():
     """The released scorer's closed form is the per-pair TfidfVectorizer(stop_words='english') fit."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from llaca.groups import _ReleasedIndex
+    from llaca.instruction_match import ReleasedIndex
 
-    index = _ReleasedIndex([])
+    index = ReleasedIndex([])
     texts = [q for f in FAMILIES for q in questions(f, 3, 50_000)]
     texts += ["Is it?", "", "red red red circle", "circle circle red", "What is the answer? 42 answers"]
     for a in texts:
