@@ -27,7 +27,7 @@ import time), and an explicit `env` mapping can be passed for tests.
 | --max-loaded-adapters | LLACA_MAX_LOADED_ADAPTERS | 8 (group adapters resident in the model; the rest load from disk when asked for) |
 | --poll-seconds    | LLACA_POLL_SECONDS    | 2.0 (status refresh) |
 | --no-worker       | LLACA_WORKER=0        | worker on            |
-| --learn-method    | LLACA_LEARN_METHOD    | llaca+groups (or seq, ema, llaca, seq+replay, llaca+replay) |
+| --learn-method    | LLACA_LEARN_METHOD    | llaca+groups+transfer (or another group method: llaca+groups, +probe, +scene, +subspace, +similar, +merged; or one adapter: seq, ema, llaca, seq+replay, llaca+replay) |
 | --learn-steps     | LLACA_LEARN_STEPS     | 80 optimizer steps per buffer |
 | --guard-margin    | LLACA_GUARD_MARGIN    | 5 points             |
 | --idle-ready      | LLACA_IDLE_READY      | 900 s (an idle open buffer becomes ready; 0 = never) |

@@ -27,7 +27,7 @@ GROUP_METHODS: dict[str, str] = {  # method -> where a new group starts (`llaca.
 JOINT = "joint"
 METHODS: tuple[str, ...] = (*TUNER_METHODS, *GROUP_METHODS, JOINT)
 WORKER_METHODS: tuple[str, ...] = (*TUNER_METHODS, *GROUP_METHODS)  # what the learning worker can train with
-DEFAULT_WORKER_METHOD = GROUPS
+DEFAULT_WORKER_METHOD = f"{GROUPS}+transfer"  # benchmarks/results: the best group method, offline and online
 
 
 def uses_replay(method: str) -> bool:

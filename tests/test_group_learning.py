@@ -12,26 +12,34 @@ from pathlib import Path
 import pytest
 
 from feedback_store import (
-    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, FeedbackStore, UnknownAdapterError, correction_status,
+    MAX_REFUSALS,
+    AdapterStatus,
+    BufferStatus,
+    CorrectionState,
+    FeedbackStore,
+    UnknownAdapterError,
+    correction_status,
 )
 from llaca.adapter_files import publish, staging_dir
 from llaca.config import Settings
 from llaca.evaluate import is_correct
 from llaca.groups import InstructionCodebook
-from llaca.guard import EARLIER, NEW, PROBE, TAUGHT, PairedSet, decide_paired, worse_p_value
+from llaca.guard import (
+    EARLIER,
+    NEW,
+    PROBE,
+    TAUGHT,
+    PairedSet,
+    decide_paired,
+    worse_p_value,
+)
 from llaca.locks import AdapterGate
+from llaca.methods import GROUPS
 from llaca.routed_system import RoutedSystem, SystemFormatError, is_routed_system
 from llaca.worker import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 from tests.worker_helpers import teach
-
-from llaca.continual import GROUPS  # noqa: E402
-
-
-def test_instruction_groups_are_the_default_method():
-    assert Settings().learn_method == GROUPS
-
 
 # -- the gate ------------------------------------------------------------------------------
 
