@@ -8,7 +8,7 @@ embedded tiny model on http://127.0.0.1:7860 with the data in ./data:
     LLACA_ADMIN_PASSWORD=... python app.py       # enables review, rollback and forgetting in the dashboard
     LLACA_TEACH=review LLACA_ADMIN_PASSWORD=... python app.py   # only approved corrections train
 
-Every flag has an ``LLACA_*`` environment variable (see ``llaca/config.py``).
+Every flag has an ``LLACA_*`` environment variable (see ``llaca/config/settings.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def start_learning_worker(settings, store, shared=None):
     if not settings.worker:
         log.info("learning worker disabled (--no-worker / LLACA_WORKER=0)")
         return None
-    from llaca.worker import WorkerConfig, start_background
+    from llaca.worker.loop import WorkerConfig, start_background
 
     cfg = WorkerConfig(settings)  # the same configuration as `python -m llaca.worker` under the same variables
     worker, _thread = start_background(cfg, store, shared=shared)
@@ -44,9 +44,8 @@ def start_learning_worker(settings, store, shared=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llaca.config import Settings, SettingsError
-
     from app.lifecycle import PortBusyError, Shutdown, busy_port_message, check_port
+    from llaca.config.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_args(sys.argv[1:] if argv is None else argv)
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from app import build_app, create_services, launch_kwargs
     from app.errors import user_message
     from feedback_store import StoreError
-    from llaca.model import ModelLoadError
+    from llaca.model.llava import ModelLoadError
 
     try:
         services = create_services(settings)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedback_store import FeedbackStore, Message
-from llaca.serving import BASE, ServedBy
+from llaca.serve.assistant import BASE, ServedBy
 
 log = logging.getLogger(__name__)
 

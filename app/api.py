@@ -16,7 +16,7 @@ endpoints. One ``gradio_client.Client`` is one Gradio session, which is one stor
                                             ready; with nothing to queue: buffer_id None, status
                                             "nothing to queue", and why)
     /status()                            -> {"adapter_version", "current_adapter", "current_metrics" (the
-                                            current version's metrics record, ``llaca.adapter_metrics``, with
+                                            current version's metrics record, ``llaca.worker.record``, with
                                             its average accuracy and forgetting; None for the base model),
                                             "learning" (the status line's words), "worker" (live workers),
                                             "workers_not_responding", "workers_stopped", "buffers" (each
@@ -26,31 +26,42 @@ endpoints. One ``gradio_client.Client`` is one Gradio session, which is one stor
     /stop()                              -> number of generations stopped in this session
 
 Errors raise ``gr.Error`` with the reason (the client raises it as ``AppError``).
+
+The endpoints are ``gr.api`` functions (`register`), typed by their signatures, with no
+components behind them. A client's session state (its store session, the image its
+follow-ups are about) is kept per Gradio session hash (`ApiSessions`, the most recent
+`MAX_API_SESSIONS`). An uploaded image is read only from Gradio's upload folder, where the
+client's `handle_file` puts it: a path anywhere else is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio import FileData
 
 from feedback_store import NothingToTeachError, correction_status
-from llaca.liveness import classify
-from llaca.serving import BASE, ServedBy
+from llaca.serve.assistant import BASE, ServedBy
+from llaca.worker.liveness import classify
 
 from .chat import params_from, session_key
+from .dashboard import metrics_of
 from .errors import UserError, user_message
 from .feedback import like_kind
+from .panels import worker_summary
 from .services import Services, paced
 from .state import SessionState
-from .dashboard import metrics_of
-from .panels import worker_summary
 
 log = logging.getLogger(__name__)
 
+MAX_API_SESSIONS = 4096  # API clients whose conversation state is kept (least recently used out)
 API_NO_IMAGE = ("No image: pass one with the first question, /ask(image, question); later calls with image=None "
                 "ask about that same image.")
 
@@ -85,11 +96,91 @@ def _file_path(value: Any) -> str | None:
     return getattr(value, "path", None) or getattr(value, "name", None)
 
 
+def uploaded_path(value: Any) -> str | None:
+    """The path of a file a client uploaded (``handle_file``), which must lie in Gradio's upload
+    folder: an endpoint without components gets the client's data as sent, so a path elsewhere
+    on the server is refused rather than read."""
+    path = _file_path(value)
+    if path is None:
+        return None
+    upload = Path(gr.utils.get_upload_folder()).resolve()
+    if not Path(path).resolve().is_relative_to(upload):
+        raise UserError("The image must be uploaded with the request (gradio_client's handle_file), "
+                        "not named by a path on the server.")
+    return path
+
+
+class ApiSessions:
+    """Each API client's `SessionState`, by Gradio session hash (one ``gradio_client.Client``
+    is one session), the most recent `limit` kept."""
+
+    def __init__(self, limit: int = MAX_API_SESSIONS) -> None:
+        self.limit = limit
+        self._states: OrderedDict[str, SessionState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, request: gr.Request | None) -> SessionState:
+        key = str(getattr(request, "session_hash", None) or "anonymous")
+        with self._lock:
+            state = self._states.pop(key, None) or SessionState()
+            self._states[key] = state
+            while len(self._states) > self.limit:
+                self._states.popitem(last=False)
+            return state
+
+    def forget(self, request: gr.Request | None) -> None:
+        with self._lock:
+            self._states.pop(str(getattr(request, "session_hash", None) or "anonymous"), None)
+
+
 class ApiHandlers:
-    """Endpoint handlers, bound to the process's services."""
+    """Endpoint handlers, bound to the process's services; `register` serves them."""
 
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.sessions = ApiSessions()
+
+    def register(self, model_limits: dict) -> None:
+        """Serve the named endpoints (inside a ``gr.Blocks``), typed by these signatures."""
+        sessions = self.sessions
+
+        def ask(image: FileData | None, question: str, temperature: float = 0.0, top_p: float = 0.7,
+                max_new_tokens: int = 512, request: gr.Request = None,
+                profile: gr.OAuthProfile | None = None) -> Iterator[tuple[str, str, str]]:
+            """Ask about an image (a new conversation) or, with image None, a follow-up; streams
+            (answer so far, message id once stored, adapter version)."""
+            try:
+                path = uploaded_path(image)
+            except UserError as e:
+                raise _fail(e, "reading the image") from e
+            yield from self.ask(path, question, temperature, top_p, max_new_tokens, sessions.get(request), request,
+                                profile)
+
+        def rate(message_id: str, rating: str, request: gr.Request = None) -> str:
+            """Thumbs up ("like") or down ("dislike") on an answer of this session."""
+            return self.rate(message_id, rating, sessions.get(request))
+
+        def correct(message_id: str, corrected_answer: str,
+                    request: gr.Request = None) -> tuple[int | None, int, str]:
+            """Store the right answer: (buffer_id, buffer_size, buffer_status)."""
+            return self.correct(message_id, corrected_answer, sessions.get(request))
+
+        def teach(request: gr.Request = None) -> dict:
+            """Queue this session's buffer for the learning worker."""
+            return self.teach(sessions.get(request))
+
+        def status(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+            """The served version, the learning worker, and this session's buffers and reviews."""
+            return self.status(sessions.get(request), request, profile)
+
+        def stop(request: gr.Request = None) -> int:
+            """Stop this session's running answer; returns how many were stopped."""
+            return self.stop(sessions.get(request), request)
+
+        gr.api(ask, api_name="ask", **model_limits)
+        for fn in (rate, correct, teach, status):
+            gr.api(fn, api_name=fn.__name__, concurrency_limit=None)
+        gr.api(stop, api_name="stop", queue=False)
 
     def ask(self, image, question, temperature, top_p, max_new_tokens, state: SessionState, request: gr.Request = None,
             profile: gr.OAuthProfile | None = None):

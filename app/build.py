@@ -4,8 +4,8 @@ Tabs: **Chat** (chatbot + multimodal textbox, Stop/Regenerate/Undo/Clear, parame
 examples; on the right the correction box and this session's buffer panel) and **Learning
 dashboard** (admin password, adapter versions, accuracy matrix, forgetting, instruction groups
 (their names and authors for the admin only), the review queue, forgetting an author and rollback). On a Space a "Sign in with
-Hugging Face" button names the author of a signed-in user's corrections. Hidden
-components carry the named API endpoints (``app.api``). Events that run the model share
+Hugging Face" button names the author of a signed-in user's corrections. The named API
+endpoints are ``gr.api`` functions without components (``app.api``). Events that run the model share
 one ``concurrency_id`` ("model") and the limit from settings; store-only events are not
 limited; Stop bypasses the queue.
 """
@@ -19,10 +19,17 @@ import gradio as gr
 
 from .api import ApiHandlers
 from .chat import ChatHandlers
+from .dashboard import (
+    ADMIN_DISABLED,
+    ADMIN_ENABLED,
+    BASE_CHOICE,
+    GROUP_HEADERS,
+    TABLE_HEADERS,
+    Dashboard,
+)
 from .feedback import BOX_PLACEHOLDER, PICK_ANSWER, FeedbackHandlers
-from .dashboard import ADMIN_DISABLED, ADMIN_ENABLED, BASE_CHOICE, GROUP_HEADERS, TABLE_HEADERS, Dashboard
-from .panels import Panels
 from .forgetting import ForgetHandlers
+from .panels import Panels
 from .review import REVIEW_HEADERS, ReviewHandlers
 from .services import Services
 from .state import SessionState
@@ -80,8 +87,7 @@ def build_app(services: Services) -> gr.Blocks:
     dash, review, forget = Dashboard(services), ReviewHandlers(services, panels.thumbs), ForgetHandlers(services)
     model_limits = {"concurrency_id": MODEL_GROUP, "concurrency_limit": s.concurrency}
     light = {"concurrency_limit": None, "api_visibility": "private"}
-    # UI events are private; the named endpoints (ask, rate, correct, teach, status, stop)
-    # are defined first below so that they get those names.
+    # UI events are private; the named endpoints are gr.api functions (app.api.ApiHandlers.register)
 
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
         state = gr.State(SessionState())
@@ -191,26 +197,6 @@ def build_app(services: Services) -> gr.Blocks:
                 rollback_msg = gr.Markdown(elem_id="llaca-rollback-msg")
                 refresh_btn = gr.Button("Refresh", size="sm")
 
-        # hidden components that type the named API endpoints
-        with gr.Column(visible=False):
-            api_image = gr.File(label="image", type="filepath")
-            api_question = gr.Textbox(label="question")
-            api_temperature = gr.Number(value=0.0, label="temperature")
-            api_top_p = gr.Number(value=0.7, label="top_p")
-            api_max_tokens = gr.Number(value=512, label="max_new_tokens", precision=0)
-            api_answer = gr.Textbox(label="answer")
-            api_message_id = gr.Textbox(label="message_id")
-            api_version = gr.Textbox(label="adapter_version")
-            api_rating = gr.Textbox(label="rating")
-            api_result = gr.Textbox(label="result")
-            api_corrected = gr.Textbox(label="corrected_answer")
-            api_buffer_id = gr.Number(label="buffer_id", precision=0)
-            api_buffer_size = gr.Number(label="buffer_size", precision=0)
-            api_buffer_status = gr.Textbox(label="buffer_status")
-            api_json = gr.JSON(label="result")
-            api_count = gr.Number(label="stopped", precision=0)
-            api_buttons = [gr.Button(visible=False) for _ in range(6)]
-
         params = [temperature, top_p, max_tokens]
 
         def after(history, st: SessionState, target: str, request: gr.Request = None):
@@ -221,19 +207,7 @@ def build_app(services: Services) -> gr.Blocks:
                         outputs=[selection_md, correction, correction_target, status_md, panel], **light, show_progress="hidden")
 
         # -- named API endpoints (gradio_client) ------------------------------------------
-        ask_b, rate_b, correct_b, teach_b, status_b, stop_b = api_buttons
-        ask_b.click(
-            api.ask, [api_image, api_question, api_temperature, api_top_p, api_max_tokens, state],
-            [api_answer, api_message_id, api_version], api_name="ask", **model_limits,
-        )
-        rate_b.click(api.rate, [api_message_id, api_rating, state], [api_result], api_name="rate", concurrency_limit=None)
-        correct_b.click(
-            api.correct, [api_message_id, api_corrected, state], [api_buffer_id, api_buffer_size, api_buffer_status],
-            api_name="correct", concurrency_limit=None,
-        )
-        teach_b.click(api.teach, [state], [api_json], api_name="teach", concurrency_limit=None)
-        status_b.click(api.status, [state], [api_json], api_name="status", concurrency_limit=None)
-        stop_b.click(api.stop, [state], [api_count], api_name="stop", queue=False)
+        api.register(model_limits)  # /ask /rate /correct /teach /status /stop: gr.api, typed by signature
         # the review queue's endpoints: typed by their signatures, no components (admin password first)
         gr.api(review.pending, api_name="pending", concurrency_limit=None)
         gr.api(review.approve, api_name="approve", concurrency_limit=None)
@@ -299,6 +273,7 @@ def build_app(services: Services) -> gr.Blocks:
         def on_unload(request: gr.Request):
             services.stops.stop(getattr(request, "session_hash", "") or "")
             panels.forget(request)
+            api.sessions.forget(request)
 
         demo.unload(on_unload)
 

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-from llaca.model import GenerationParams
-from llaca.serving import ServedBy
+from llaca.model.llava import GenerationParams
+from llaca.serve.assistant import ServedBy
 
 from .errors import UserError, user_message
 from .history import (

@@ -16,8 +16,8 @@ import gradio as gr
 from matplotlib.figure import Figure
 
 from feedback_store import AdapterStatus, AdapterVersion
-from llaca.adapter_metrics import AdapterMetrics
-from llaca.plots import matrix_heatmap
+from llaca.bench.plots import matrix_heatmap
+from llaca.worker.record import AdapterMetrics
 
 from .errors import UserError, user_message
 from .services import Services
@@ -88,7 +88,7 @@ class Dashboard:
         trained it), how many of its corrections are learned, and its provenance (the authors
         whose corrections trained it; the admin sees names). Empty for other versions.
         A group's name is a user's question, so only the admin sees it."""
-        from llaca.routed_system import RoutedSystem, is_routed_system
+        from llaca.groups.system import RoutedSystem, is_routed_system
 
         if adapter is None or not is_routed_system(adapter.path):
             return []
@@ -164,7 +164,7 @@ class Dashboard:
 
 
 def metrics_of(adapter: AdapterVersion) -> AdapterMetrics | None:
-    """The version's metrics record (``llaca.adapter_metrics``); None for a version registered
+    """The version's metrics record (``llaca.worker.record``); None for a version registered
     without any (not by the learning worker). A malformed record raises."""
     return AdapterMetrics.from_dict(adapter.metrics) if adapter.metrics else None
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 import feedback_store as fs
-from llaca.model import GenerationParamsError, ModelLoadError, PromptTooLongError
-from llaca.serving import AdapterLoadError
+from llaca.model.llava import GenerationParamsError, ModelLoadError, PromptTooLongError
+from llaca.serve.assistant import AdapterLoadError
 
 log = logging.getLogger(__name__)
 

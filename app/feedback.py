@@ -15,15 +15,13 @@ from typing import Any
 import gradio as gr
 
 from feedback_store import BufferStatus, plural
-from llaca.methods import is_group_method
 
 from .chat import align, chatbot_update
 from .errors import UserError, user_message
 from .history import Turn, last_index, normalize_message, to_messages
-from .panels import too_small_to_test
 from .services import Services
-from .teaching import WAITING_FOR_REVIEW
 from .state import SessionState
+from .teaching import WAITING_FOR_REVIEW
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +246,6 @@ class FeedbackHandlers:
             gr.Warning(user_message(e, "queueing your corrections"))
             return gr.skip()
         msg = f"Buffer #{buffer.id} ({plural(buffer.size, 'correction')}) is ready and queued for learning."
-        if too_small_to_test(buffer.size) and not is_group_method(self.s.settings.learn_method):
-            msg += " With so few corrections there is nothing to test a new version on, so it is usually rejected."
         gr.Info(msg, duration=5)
         return f"🎓 {msg} The panel below shows each step."
 

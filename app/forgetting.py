@@ -7,7 +7,7 @@ The rows are deleted at once (``FeedbackStore.forget_author`` / ``forget_correct
 author's sessions, questions, answers, corrections, held corrections and the images no one
 else uses; exports read the store, so they no longer hold them). The groups those
 corrections trained (the served version's provenance, and the deleted items' groups) are
-dropped from the served system at once (``llaca.forgetting.drop_groups``: a new version, every
+dropped from the served system at once (``llaca.worker.forgetting.drop_groups``: a new version, every
 other group's adapter hard-linked unchanged); the learning worker then retrains each of them
 from the corrections that remain, through the guard (a queued job, ``"job"``).
 """
@@ -18,8 +18,8 @@ import logging
 
 import gradio as gr
 
-from llaca.forgetting import drop_groups
-from llaca.group_learning import served_system
+from llaca.worker.forgetting import drop_groups
+from llaca.worker.policy import served_system
 
 from .errors import user_message
 from .services import Services

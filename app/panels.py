@@ -23,10 +23,14 @@ import gradio as gr
 from PIL import Image
 
 from feedback_store import (
-    BufferStatus, TaskBuffer, WorkerActivity, WorkerState, correction_status, plural,
+    BufferStatus,
+    TaskBuffer,
+    WorkerActivity,
+    WorkerState,
+    correction_status,
+    plural,
 )
-from llaca.methods import DEFAULT_WORKER_METHOD, is_group_method
-from llaca.liveness import classify
+from llaca.worker.liveness import classify
 
 from .services import Services
 from .state import SessionState
@@ -72,7 +76,7 @@ def _e(text: Any) -> str:
 
 def worker_summary(workers: list[WorkerState], now: float | None = None) -> str:
     """The learning part of the status line: live workers, and for a while the ones that went
-    silent without stopping (``llaca.liveness``); workers that stopped cleanly are left out."""
+    silent without stopping (``llaca.worker.liveness``); workers that stopped cleanly are left out."""
     now = time.time() if now is None else now
     groups = classify(workers, now)
     live, silent = groups.shown(now)
@@ -115,35 +119,21 @@ def _progress(buffer: TaskBuffer, workers: list[WorkerState]) -> float | None:
     return max(0.0, min(1.0, w.detail["step"] / w.detail["total"]))
 
 
-def learning_rule(threshold: int, method: str = DEFAULT_WORKER_METHOD) -> str:
+def learning_rule(threshold: int) -> str:
     """What happens to a buffer, in a user's words (the worker's split and the guard)."""
-    from llaca.worker import MIN_ITEMS_TO_HOLD_OUT, WorkerConfig
+    from llaca.worker.guard import MIN_HELDOUT, MIN_ITEMS_TO_HOLD_OUT
+    from llaca.worker.loop import WorkerConfig
 
     share = round(1 / WorkerConfig.heldout_fraction)
-    if is_group_method(method):
-        return (
-            f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
-            f"sorts its corrections by the kind of question (an instruction group) and trains that group's adapter on "
-            f"them and on the group's corrections not learned yet, holding out about 1 in {share} (at least "
-            f"{WorkerConfig.min_heldout} once there are {MIN_ITEMS_TO_HOLD_OUT} or more) to test it on. The new version "
-            f"is served only if it fits what you taught and keeps what the model knew (every group's earlier "
-            f"corrections and the base skills); otherwise the reason is shown, and your corrections stay pending and are "
-            f"trained again with the group's next buffer."
-        )
     return (
         f"A buffer is learned when it holds {plural(threshold, 'correction')} or on Teach now. The learning worker "
-        f"trains a new version on it, holding out about 1 in {share} corrections (at least {WorkerConfig.min_heldout} "
-        f"once there are {MIN_ITEMS_TO_HOLD_OUT} or more) to test it on. The new version is served only if it answers "
-        f"those better and keeps what the model knew; otherwise the buffer is rejected with the reason and the served "
-        f"version stays. A smaller buffer has nothing to test on and rarely passes."
+        f"sorts its corrections by the kind of question (an instruction group) and trains that group's adapter on "
+        f"them and on the group's corrections not learned yet, holding out about 1 in {share} (at least "
+        f"{MIN_HELDOUT} once there are {MIN_ITEMS_TO_HOLD_OUT} or more) to test it on. The new version "
+        f"is served only if it fits what you taught and keeps what the model knew (every group's earlier "
+        f"corrections and the base skills); otherwise the reason is shown, and your corrections stay pending and are "
+        f"trained again with the group's next buffer."
     )
-
-
-def too_small_to_test(size: int) -> bool:
-    """Whether a buffer of ``size`` corrections is too small for the worker to hold any out."""
-    from llaca.worker import MIN_ITEMS_TO_HOLD_OUT
-
-    return size < MIN_ITEMS_TO_HOLD_OUT
 
 
 def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int) -> tuple[str, str]:
@@ -169,7 +159,7 @@ def buffer_status(buffer: TaskBuffer, workers: list[WorkerState], threshold: int
 
 
 def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], threshold: int, thumbs: Thumbnails,
-                   max_items: int = 12, max_items_done: int = 3, method: str = DEFAULT_WORKER_METHOD) -> str:
+                   max_items: int = 12, max_items_done: int = 3) -> str:
     if not buffers:
         return "<div class='llaca-empty'>Nothing taught yet. Correct a wrong answer and it appears here.</div>"
     out = []
@@ -194,7 +184,7 @@ def render_buffers(buffers: list[TaskBuffer], workers: list[WorkerState], thresh
             f"<span class='llaca-badge llaca-{_e(cls)}'>{_e(words)}</span></div>{bar}"
             f"<table class='llaca-items'><tr><th></th><th>question</th><th>corrected answer</th><th>what became of it</th></tr>{''.join(rows)}</table>{more}</div>"
         )
-    out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold, method))}</div>")
+    out.append(f"<div class='llaca-empty llaca-rule'>{_e(learning_rule(threshold))}</div>")
     return "".join(out)
 
 
@@ -260,14 +250,13 @@ class Panels:
         status = self.status_line()
         ledger = render_ledger(state)
         if state.session_id is None:
-            body = ledger + render_buffers([], [], self.s.settings.buffer_size, self.thumbs,
-                                           method=self.s.settings.learn_method)
+            body = ledger + render_buffers([], [], self.s.settings.buffer_size, self.thumbs)
         else:
             buffers = self.s.store.session_buffers(state.session_id)
             workers = self.s.store.worker_states()
             reviews = self.s.store.session_reviews(state.session_id)
             body = ledger + render_reviews(reviews, self.thumbs) + render_buffers(
-                buffers, workers, self.s.settings.buffer_size, self.thumbs, method=self.s.settings.learn_method)
+                buffers, workers, self.s.settings.buffer_size, self.thumbs)
         return status, f"<div class='llaca-session' data-session='{_e(state.session_id or '')}'>{body}</div>"
 
     def refresh(self, state: SessionState, request: gr.Request = None):

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict, deque
 
 from feedback_store import FeedbackStore
-from llaca.config import Settings
+from llaca.config.settings import Settings
 
 from .errors import UserError
 

@@ -20,16 +20,16 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from PIL import Image
 
 from feedback_store import FeedbackStore
-from llaca.config import Settings
-from llaca.model import LoadedModel, load_model
-from llaca.batched_serving import BatchedAssistant
-from llaca.serving import BASE, Assistant, ServedVersion
-from llaca.shared_model import SharedModel
+from llaca.config.settings import Settings
+from llaca.model.llava import LoadedModel, load_model
+from llaca.model.shared import SharedModel
+from llaca.serve.assistant import BASE, Assistant, ServedVersion
+from llaca.serve.batched_assistant import BatchedAssistant
 
 from .answers import AnswersInFlight
 from .examples import Example, make_examples
-from .teaching import Teaching, author_name, client_description
 from .state import SessionState
+from .teaching import Teaching, author_name, client_description
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedback_store import FeedbackStore
-from llaca.config import Settings, is_loopback_host
+from llaca.config.settings import Settings, is_loopback_host
 
 from .errors import UserError
 from .quotas import Quotas

@@ -23,12 +23,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llaca.encoding import answer_loss, encode_supervised  # noqa: E402
+from llaca.learn.encoding import answer_loss, encode_supervised  # noqa: E402
 from llaca.world.build import BuildConfig, base_conversation  # noqa: E402
 from llaca.world.processor import build_processor  # noqa: E402
 from llaca.world.tiny import build_model  # noqa: E402
 from llaca.world.train_loop import autocast_for  # noqa: E402
-from llaca.world.vision_pretrain import WorldProbe, encode_scenes, patch_features, probe_loss, probe_scene  # noqa: E402
+from llaca.world.vision_pretrain import (  # noqa: E402
+    WorldProbe,
+    encode_scenes,
+    patch_features,
+    probe_loss,
+    probe_scene,
+)
 
 
 def median_step_seconds(params, loss_of, batches, precision, repeats: int) -> float:

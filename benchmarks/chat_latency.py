@@ -4,7 +4,7 @@ All paths answer the same synthetic images and questions, greedy, in one run, on
 number of CPU threads, interleaved item by item (the order rotates) so load from other
 processes hits them alike:
 
-- direct: `llaca.model.build_inputs` (the processor) + `model.generate` with a
+- direct: `llaca.model.llava.build_inputs` (the processor) + `model.generate` with a
   `TextIteratorStreamer` in a thread; the clock starts at the call;
 - app, in-process: the `/ask` handler (`app.api.ApiHandlers.ask`) on the same loaded model:
   store writes, image handling, the live assistant's lock and version check, streaming;
@@ -55,7 +55,7 @@ def direct_run(lm, image, question: str, max_new_tokens: int) -> dict:
     import torch
     from transformers import TextIteratorStreamer
 
-    from llaca.model import build_inputs
+    from llaca.model.llava import build_inputs
 
     t0 = time.perf_counter()
     inputs, max_new = build_inputs(lm, [(question, None)], image, max_new_tokens)
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.server import AppServer
     from app.services import create_services
     from app.state import SessionState
-    from llaca.config import Settings
-    from llaca.model import load_model
+    from llaca.config.settings import Settings
+    from llaca.model.llava import load_model
     from llaca.world.families import generate
 
     torch.set_num_threads(args.threads)

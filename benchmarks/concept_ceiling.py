@@ -32,15 +32,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llaca.config import DEFAULT_MODEL  # noqa: E402
-from llaca.dataset import VQASample  # noqa: E402
-from llaca.evaluate import generate_answers, is_correct  # noqa: E402
-from llaca.model import load_model  # noqa: E402
-from llaca.world.learnability import EVAL_SIZES  # noqa: E402
+from llaca.config.settings import DEFAULT_MODEL  # noqa: E402
+from llaca.learn.dataset import VQASample  # noqa: E402
+from llaca.learn.evaluate import generate_answers, is_correct  # noqa: E402
+from llaca.model.llava import load_model  # noqa: E402
 from llaca.world.families import (  # noqa: E402
-    CONTINUAL_SEQUENCE, QUESTIONS, caption, count_answer, edges_answer, edges_question, generate, presence_answer,
+    CONTINUAL_SEQUENCE,
+    QUESTIONS,
+    caption,
+    count_answer,
+    edges_answer,
+    edges_question,
+    generate,
+    presence_answer,
     presence_question,
 )
+from llaca.world.learnability import EVAL_SIZES  # noqa: E402
 
 FAMILIES = CONTINUAL_SEQUENCE
 

@@ -7,7 +7,7 @@ gradients, fp32 EMA state (θ*, g₋), as `AdaptiveEMA` keeps it.
 Variants (each checked or timed with CUDA events, median of --repeats after warm-up):
   loop        the released code's per-tensor loop (fp32 state): a host sync (`float(α)`) and
               several launches per tensor
-  foreach     `llaca.ema.AdaptiveEMA.update()` as the tuner runs it (eager foreach ops)
+  foreach     `llaca.learn.ema.AdaptiveEMA.update()` as the tuner runs it (eager foreach ops)
   foreach+graph   the same update captured once in a CUDA graph and replayed
   compiled+graph  a fused candidate: `torch.compile` of one tensor's step (one reduction
               pass for a, b, c; one pass for the blend and g₋ ← g), all 448 calls captured in
@@ -27,7 +27,7 @@ for an H200, 3.35 for an H100 SXM) and at the bandwidth of a plain device copy m
     python benchmarks/ema_gpu.py --out ema_gpu.json          # on a GPU, about 1-2 minutes
     python benchmarks/ema_gpu.py --small --out /tmp/x.json   # smoke test on CPU (dims / 16)
 
-Needs only torch (imports llaca.ema and this folder's ema_overhead, both torch-only).
+Needs only torch (imports llaca.learn.ema and this folder's ema_overhead, both torch-only).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 from ema_overhead import llava_lora_shapes  # noqa: E402
 
-from llaca.ema import FALLBACK_ALPHA, AdaptiveEMA  # noqa: E402
+from llaca.learn.ema import FALLBACK_ALPHA, AdaptiveEMA  # noqa: E402
 
 NOMINAL_TBPS = {"H200": 4.8, "H100": 3.35, "A100": 2.0}  # HBM bandwidth from the vendor's data sheet (SXM)
 BYTES_COMPULSORY, BYTES_ISSUE, BYTES_TWO_PASS, BYTES_EAGER = 20, 24, 26, 56
@@ -90,7 +90,6 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict[str,
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     t = time_ms(lambda: dst.copy_(src), lambda: None, repeats, 3, device)
-    del src, dst
     return {"bytes": nbytes, "median_ms": t["median_ms"], "tbps": 2 * nbytes / (t["median_ms"] * 1e-3) / 1e12,
             "tbps_best": 2 * nbytes / (t["min_ms"] * 1e-3) / 1e12}
 

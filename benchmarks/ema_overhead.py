@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llaca.ema import AdaptiveEMA, FixedEMA, default_chunk_numel  # noqa: E402
+from llaca.learn.ema import AdaptiveEMA, FixedEMA, default_chunk_numel  # noqa: E402
 
 HIDDEN, INTERMEDIATE, VISION, LAYERS, RANK = 4096, 11008, 1024, 32, 128
 
@@ -175,10 +175,10 @@ def measure_tiny_training_step(model_path: str, repeats: int, warmup: int, batch
     the same for both), which makes the ratio stricter."""
     from peft import LoraConfig, get_peft_model
 
-    from llaca.ema import AdaptiveEMA
-    from llaca.encoding import answer_loss, encode_supervised
-    from llaca.model import load_model
-    from llaca.tuner import LM_TARGETS
+    from llaca.learn.ema import AdaptiveEMA
+    from llaca.learn.encoding import answer_loss, encode_supervised
+    from llaca.learn.tuner import LM_TARGETS
+    from llaca.model.llava import load_model
     from llaca.world.heldout import heldout
 
     lm = load_model(model_path, device="cpu")
@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="parameter dtype (the EMA copy is fp32 either way)")
     ap.add_argument("--chunk-numel", type=int, default=None,
-                    help="EMA foreach group size in elements (default: llaca.ema's per device)")
+                    help="EMA foreach group size in elements (default: llaca.learn.ema's per device)")
     ap.add_argument("--skip-optimizer", action="store_true", help="skip measurement (b)")
     ap.add_argument("--tiny-model", default="models/llava-tiny", help="model for measurement (c); '' skips it")
     ap.add_argument("--tiny-repeats", type=int, default=40, help="timed training steps per method for (c)")

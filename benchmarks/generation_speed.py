@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llaca.encoding import messages_for  # noqa: E402
-from llaca.model import load_model  # noqa: E402
+from llaca.model.chat import messages_for  # noqa: E402
+from llaca.model.llava import load_model  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
 
 

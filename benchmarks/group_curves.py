@@ -34,11 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feedback_store import FeedbackStore, NothingToTeachError  # noqa: E402
-from llaca.config import Settings  # noqa: E402
-from llaca.dataset import VQASample  # noqa: E402
-from llaca.group_learning import routed_hits, served_system  # noqa: E402
+from llaca.config.settings import Settings  # noqa: E402
+from llaca.learn.dataset import VQASample  # noqa: E402
+from llaca.worker.loop import LearningWorker, WorkerConfig  # noqa: E402
+from llaca.worker.policy import routed_hits, served_system  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
-from llaca.worker import LearningWorker, WorkerConfig  # noqa: E402
 
 SIZES = (64, 128)
 BUFFER = 8
@@ -168,7 +168,7 @@ def to_reach(points: list[dict], level: float) -> int | None:
 def main(argv=None) -> int:
     import torch
 
-    from llaca.model import load_model
+    from llaca.model.llava import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/llava-tiny")
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against corrections per family")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("llaca.group_learning").setLevel(logging.INFO)  # each new wording's probe and decision
+    logging.getLogger("llaca.worker.policy").setLevel(logging.INFO)  # each new wording's probe and decision
     torch.set_num_threads(args.threads)
     lm = load_model(args.model, device="cpu")
     families, methods = args.families.split(","), args.methods.split(",")
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({"families": families, "methods": methods, "per_family": args.per_family,
                                          "wording": args.wording, "eval_n": args.eval_n, "results": results}, indent=1))
     if args.plot:
-        from llaca.plots import curves_figure, save
+        from llaca.bench.plots import curves_figure, save
 
         save(curves_figure(families, {m: results[m]["curves"] for m in methods}), args.plot)
     return 0

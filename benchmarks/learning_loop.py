@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.server import AppServer  # noqa: E402
-from llaca.evaluate import is_correct  # noqa: E402
-from llaca.metrics import online_forgetting  # noqa: E402
+from llaca.learn.evaluate import is_correct  # noqa: E402
+from llaca.learn.metrics import online_forgetting  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
 
 SIZES = (64, 128)
@@ -220,9 +220,9 @@ def routing_overhead(model: str, data_dir: Path, families: list[str], n: int, th
     import torch
 
     from feedback_store import FeedbackStore
-    from llaca.model import GenerationParams, load_model
-    from llaca.routed_system import RoutedSystem, is_routed_system
-    from llaca.serving import Assistant, ServedVersion
+    from llaca.groups.system import RoutedSystem, is_routed_system
+    from llaca.model.llava import GenerationParams, load_model
+    from llaca.serve.assistant import Assistant, ServedVersion
 
     store = FeedbackStore(data_dir)
     try:
@@ -271,7 +271,7 @@ def timed_route(system, question: str, reps: int = 2000) -> float:
 
 def summarise(report: dict, families, all_families, idle, busy, args) -> int:
     rows = report["rows"]
-    # forgetting (llaca.metrics): best accuracy since the family was known (base families: from
+    # forgetting (llaca.learn.metrics): best accuracy since the family was known (base families: from
     # the start; taught families: from the row after they were taught) minus the final accuracy
     first_row = {f: 0 for f in ("color", "shape")} | {f: k + 1 for k, f in enumerate(families)}
     known = [[r[f] if i >= first_row[f] else None for f in all_families] for i, r in enumerate(rows)]

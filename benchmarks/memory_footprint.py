@@ -10,12 +10,12 @@ back to the system, so the paths must not share one):
   (`worker.lm`, a second `load_model` of the same folder).
 
 On two models: (a) the embedded tiny model `models/llava-tiny`; (b) the small-scale LLaVA-1.5
-geometry of `llaca.random_llava` (336 px, 576 image tokens, Llama; saved to a temporary folder so
+geometry of `llaca.model.random_llava` (336 px, 576 image tokens, Llama; saved to a temporary folder so
 `Settings(model=folder)` loads it like any model, twice on the previous path).
 
 Per path and model:
 - idle: after the app answered one question and the worker holds its model: the bytes of
-  parameter storage behind the served model and the worker's model (`llaca.memory.
+  parameter storage behind the served model and the worker's model (`llaca.model.memory.
   parameter_bytes`, distinct storages: shared weights count once) and the process's RSS;
 - while training: one `tune(...)` as the worker runs it (`shared=worker.shared`; 8 samples,
   batch 8, 2 steps, lr 3e-4, r 16): parameter bytes and RSS read inside the progress callback
@@ -73,11 +73,11 @@ def measure_one(model: str, max_batch: int, data_dir: Path, steps: int) -> dict:
 
     torch.set_num_threads(1)
     from app.services import create_services
-    from llaca.config import Settings
-    from llaca.memory import parameter_bytes, peak_rss, reset_peak_rss, rss_bytes
-    from llaca.model import GenerationParams
-    from llaca.tuner import TuneConfig, tune
-    from llaca.worker import LearningWorker, WorkerConfig
+    from llaca.config.settings import Settings
+    from llaca.learn.tuner import TuneConfig, tune
+    from llaca.model.llava import GenerationParams
+    from llaca.model.memory import parameter_bytes, peak_rss, reset_peak_rss, rss_bytes
+    from llaca.worker.loop import LearningWorker, WorkerConfig
     from llaca.world.heldout import heldout
 
     rss_start = rss_bytes()  # the runtime (Python, torch, transformers, the app's modules), no model yet
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import shutil
 
-    from llaca.random_llava import save_random_llava15
+    from llaca.model.random_llava import save_random_llava15
 
     work = Path(tempfile.mkdtemp(prefix="memory-footprint-"))
     try:
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for name, r in results.items():  # folders were temporary: keep only the model's name
         for path in PATHS:
-            r[path]["model"] = Path(r[path]["model"]).name if name.startswith("llava-tiny") else "llaca.random_llava small"
+            r[path]["model"] = Path(r[path]["model"]).name if name.startswith("llava-tiny") else "llaca.model.random_llava small"
     ratios = {name: {f"{phase}_{key}": ratio(r["shared"][phase].get(key), r["previous"][phase].get(key))
                      for _, phase, key in MEASURES} for name, r in results.items()}
     import torch
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# Memory of the app process: one shared model against two copies", "",
           ("`python benchmarks/memory_footprint.py` (CPU, fp32, 1 torch thread; each path in a fresh process, "
            f"{args.repeats} processes per path and model: the median, and the range when the runs differ)."),
-          "Parameter storage = `llaca.memory.parameter_bytes(served model, worker's model)` (distinct storages);",
+          "Parameter storage = `llaca.model.memory.parameter_bytes(served model, worker's model)` (distinct storages);",
           ("RSS = the process's resident set; \"training\" is read in `tune`'s progress callback after the last step "
            f"({cfg['method']}, {cfg['samples']} samples, batch {cfg['batch_size']}, {cfg['steps']} steps, lr {cfg['lr']}, "
            f"r {cfg['lora_r']}); the peak is VmHWM over the run."), "",

@@ -2,7 +2,7 @@
 
 Rehearses the external acceptance check: count, position and letter images drawn by plain PIL
 code (`tests/other_drawing.py`: circles and squares, a system font), 48 training samples per
-task and 200 test samples, written as LLaVA-format folders (`llaca.dataset.write_folder`) and
+task and 200 test samples, written as LLaVA-format folders (`llaca.learn.dataset.write_folder`) and
 run through the bench's command line exactly as a user would:
 
     python benchmarks/other_code_check.py --methods seq,llaca,llaca+replay,llaca+groups
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llaca.dataset import write_folder  # noqa: E402
+from llaca.learn.dataset import write_folder  # noqa: E402
 from tests.other_drawing import other_code_continual  # noqa: E402
 
 TASKS = ("count", "position", "letter")

@@ -1,4 +1,4 @@
-"""Routing measurement for the instruction codebook (llaca/groups.py).
+"""Routing measurement for the instruction codebook (llaca/groups/codebook.py).
 
     python benchmarks/routing.py [--train 48] [--heldout 200] [--matchers all] [--out benchmarks/out/routing]
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llaca.groups import InstructionCodebook  # noqa: E402
+from llaca.groups.codebook import InstructionCodebook  # noqa: E402
 from llaca.world.families import CONTINUAL_SEQUENCE, FAMILIES, generate  # noqa: E402
 from llaca.world.palette import COLOR_NAMES, LETTERS, SHAPES  # noqa: E402
 

@@ -1,12 +1,12 @@
 """Serving throughput: answers one at a time (the previous path) against answers batched, same run.
 
 Two live assistants answer the same questions on the same images, greedy, routed over one
-instruction group or over four (random LoRA adapters, `llaca.random_adapters`; the base model
+instruction group or over four (random LoRA adapters, `llaca.bench.random_adapters`; the base model
 answers the rest):
 
-- previous: `llaca.serving.Assistant` (`--max-batch 1`): each answer its own `generate`,
+- previous: `llaca.serve.assistant.Assistant` (`--max-batch 1`): each answer its own `generate`,
   answers on different groups taking turns (`AdapterGate`);
-- batched: `llaca.batched_serving.BatchedAssistant` (the default): every answer in flight is
+- batched: `llaca.serve.batched_assistant.BatchedAssistant` (the default): every answer in flight is
   a row of one continuous batch, each row on its own group's adapter.
 
 In process: N concurrent streams (threads), each asking its questions one after another.
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llaca.batched_serving import BatchedAssistant
-    from llaca.model import GenerationParams, load_model
-    from llaca.random_adapters import routed_system
-    from llaca.serving import Assistant, ServedVersion
-    from llaca.shared_model import SharedModel
+    from llaca.bench.random_adapters import routed_system
+    from llaca.model.llava import GenerationParams, load_model
+    from llaca.model.shared import SharedModel
+    from llaca.serve.assistant import Assistant, ServedVersion
+    from llaca.serve.batched_assistant import BatchedAssistant
     from llaca.world.heldout import heldout
 
     torch.set_num_threads(args.threads)
@@ -173,7 +173,7 @@ def ttft_while_training(args, assistant, samples: list, params, n: int = 24) -> 
     thread: the app gives chat the other cores)."""
     import torch
 
-    from llaca.tuner import TuneConfig, tune
+    from llaca.learn.tuner import TuneConfig, tune
     from llaca.world.heldout import heldout
 
     ask = in_process_ask(assistant, params)
@@ -217,9 +217,9 @@ def step_anatomy(shared, version: Path, samples: list, steps: int = 30) -> dict:
     one adapter, or spread over four (peft's mixed-adapter forward), against one row alone."""
     import torch
 
-    from llaca.adapter_rows import BASE_ROW, rows_use
-    from llaca.model import build_inputs
-    from llaca.routed_system import RoutedSystem
+    from llaca.groups.system import RoutedSystem
+    from llaca.model.adapter_rows import BASE_ROW, rows_use
+    from llaca.model.llava import build_inputs
 
     system = RoutedSystem.load(version)
     names = [system.adapter_name(g) for g in sorted(system.adapters)]
@@ -257,10 +257,10 @@ def adapter_bound(args, version: Path, samples: list, alone: dict, params, token
     """8 streams over 4 groups with at most 4, 2 or 1 adapters resident: the cost of a miss."""
     import statistics
 
-    from llaca.batched_serving import BatchedAssistant
-    from llaca.model import load_model
-    from llaca.serving import ServedVersion
-    from llaca.shared_model import SharedModel
+    from llaca.model.llava import load_model
+    from llaca.model.shared import SharedModel
+    from llaca.serve.assistant import ServedVersion
+    from llaca.serve.batched_assistant import BatchedAssistant
 
     out = {}
     print("\n8 streams over 4 groups, at most N adapters resident (LLACA_MAX_LOADED_ADAPTERS)")

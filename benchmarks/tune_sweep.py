@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from llaca.model import load_model
-from llaca.tuner import TuneConfig
+from llaca.learn.tuner import TuneConfig
+from llaca.model.llava import load_model
 from llaca.world.families import CONTINUAL_SEQUENCE
 from llaca.world.learnability import learnability
 

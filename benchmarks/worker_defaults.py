@@ -13,7 +13,7 @@ by a promoted version, versions promoted and rejected, and worker seconds per bu
 
 A configuration is a list of `key=value`: buffer, steps, lr, heldout (held-out share),
 replay (share of each batch replayed from the group's learned corrections; `pool`: the pool's
-own share), batch and method (a group method of `llaca.methods`); what a configuration does not set is the worker's default.
+own share), batch and method (a group method of `llaca.config.methods`); what a configuration does not set is the worker's default.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feedback_store import FeedbackStore, NothingToTeachError  # noqa: E402
-from llaca.config import Settings  # noqa: E402
-from llaca.group_learning import routed_hits, served_system  # noqa: E402
+from llaca.config.settings import Settings  # noqa: E402
+from llaca.worker.loop import LearningWorker, WorkerConfig  # noqa: E402
+from llaca.worker.policy import routed_hits, served_system  # noqa: E402
 from llaca.world.heldout import heldout  # noqa: E402
-from llaca.worker import LearningWorker, WorkerConfig  # noqa: E402
 
 SIZES = (64, 128)
 DEFAULT_CONFIGS = ("", "lr=1e-3", "steps=120", "replay=pool", "buffer=16 steps=120")
@@ -44,7 +44,7 @@ def parse_config(text: str) -> dict:
     """`key=value ...` over the worker's defaults (the app's buffer size, `Settings`, `WorkerConfig`)."""
     from dataclasses import fields
 
-    from llaca.worker import WorkerConfig
+    from llaca.worker.loop import WorkerConfig
 
     defaults = {f.name: f.default for f in fields(WorkerConfig)}
     settings = Settings()
@@ -109,8 +109,8 @@ def score(lm, store, families: list[str], n: int) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    from llaca.model import load_model
-    from llaca.routed_system import RoutedSystem
+    from llaca.groups.system import RoutedSystem
+    from llaca.model.llava import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/llava-tiny")

@@ -47,15 +47,31 @@ from .errors import (
     UnknownAdapterError,
     UnsafeFilesystemError,
 )
+from .forgetting import ForgetReport, Job
 from .records import (
-    AdapterVersion, AuthorUsage, BufferItem, BufferState, CleanupReport, Feedback, Message, Review, Session, TaskBuffer,
-    WorkerState, plural,
+    AdapterVersion,
+    AuthorUsage,
+    BufferItem,
+    BufferState,
+    CleanupReport,
+    Feedback,
+    Message,
+    Review,
+    Session,
+    TaskBuffer,
+    WorkerState,
+    plural,
 )
 from .reviews import parse_ids
-from .forgetting import ForgetReport, Job
 from .schema import SCHEMA_VERSION
 from .status import (
-    MAX_REFUSALS, AdapterStatus, BufferStatus, CorrectionState, Split, WorkerActivity, correction_status,
+    MAX_REFUSALS,
+    AdapterStatus,
+    BufferStatus,
+    CorrectionState,
+    Split,
+    WorkerActivity,
+    correction_status,
 )
 from .store import FeedbackStore
 

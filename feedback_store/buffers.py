@@ -59,7 +59,7 @@ one network address) with the fewest buffers taken up in the last
 Authors thus take turns, and a flood from one waits behind everyone else's corrections."""
 
 
-def _check_threshold(ready_threshold: int | None) -> None:
+def check_threshold(ready_threshold: int | None) -> None:
     if ready_threshold is not None and (not isinstance(ready_threshold, int) or ready_threshold < 1):
         raise InvalidInputError(
             f"ready_threshold must be a positive integer, not {ready_threshold!r}", field="ready_threshold"
@@ -86,7 +86,7 @@ class Buffers(Conversations):
         When the buffer reaches ``ready_threshold`` items it is marked ready.
         """
         corrected = self._clean_correction(corrected_text)
-        _check_threshold(ready_threshold)
+        check_threshold(ready_threshold)
         with self._conns.write() as db:
             answer, question = self._correctable(db, session_id, message_id, corrected)
             feedback = self._insert_feedback(

@@ -16,9 +16,21 @@ from typing import Any, Mapping
 from sqlite_utils import Database
 
 from .base import StoreBase
-from .errors import InvalidAnswerError, InvalidFeedbackError, InvalidInputError, InvalidQuestionError, NotFoundError
+from .errors import (
+    InvalidAnswerError,
+    InvalidFeedbackError,
+    InvalidInputError,
+    InvalidQuestionError,
+    NotFoundError,
+)
 from .images import PreparedImage, prepare_image, write_image_file
-from .queries import one, require_adapter, require_answer, require_message, require_session
+from .queries import (
+    one,
+    require_adapter,
+    require_answer,
+    require_message,
+    require_session,
+)
 from .records import Feedback, Message, Session, from_row
 from .validation import clean_optional_text, clean_text, to_json
 

@@ -23,11 +23,11 @@ import json
 import time
 from typing import Iterable
 
-from .buffers import Buffers, _check_threshold
+from .buffers import Buffers, check_threshold
 from .errors import InvalidInputError, NotFoundError
 from .queries import conversation_image, one, require_session
-from .status import MAX_REFUSALS
 from .records import AuthorUsage, BufferState, Review, from_row
+from .status import MAX_REFUSALS
 from .validation import clean_optional_text
 
 REVIEW_KINDS = ("review", "conflict")
@@ -150,7 +150,7 @@ class Reviews(Buffers):
         an unreviewed correction would, and (``queue``) those buffers are marked ready at once;
         returns the buffer each went to."""
         wanted = parse_ids(ids)
-        _check_threshold(ready_threshold)
+        check_threshold(ready_threshold)
         with self._conns.write() as db:
             states = []
             now = self._now()

@@ -11,7 +11,12 @@ import json
 import math
 from typing import Any, Mapping
 
-from .errors import InvalidEncodingError, InvalidInputError, InvalidParamsError, InvalidTextError
+from .errors import (
+    InvalidEncodingError,
+    InvalidInputError,
+    InvalidParamsError,
+    InvalidTextError,
+)
 
 
 def clean_text(

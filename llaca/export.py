@@ -27,9 +27,8 @@ from feedback_store.cli import store_command
 from feedback_store.export import ExportSummary, corrections, prepare_folder
 from feedback_store.files import write_atomic
 from feedback_store.records import BUFFER_STATUSES, iso_time
-
-from .config import Settings, add_flags
-from .dataset import VQASample, write_folder
+from llaca.config.settings import Settings, add_flags
+from llaca.learn.dataset import VQASample, write_folder
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded tiny model (loaded once per session) and small helpers."""
+"""Shared fixtures: the embedded tiny model (loaded once per session) and an empty feedback store."""
 
 from __future__ import annotations
 
@@ -17,9 +17,19 @@ TINY = ROOT / "models" / "llava-tiny"
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The committed tiny LLaVA, loaded through llaca.model (fp32, CPU)."""
-    from llaca.model import load_model
+    """The committed tiny LLaVA, loaded through llaca.model.llava (fp32, CPU)."""
+    from llaca.model.llava import load_model
 
     if not (TINY / "config.json").exists():
         pytest.fail(f"the embedded model is missing at {TINY}; run: python -m llaca.world build --out {TINY}")
     return load_model(TINY, device="cpu")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """An empty feedback store in a temporary data dir, closed afterwards."""
+    from feedback_store import FeedbackStore
+
+    s = FeedbackStore(tmp_path / "data")
+    yield s
+    s.close()

@@ -4,7 +4,7 @@
 `<image>` at id 32000 and llava-hf's own chat template; random weights, so it rarely emits
 EOS and an answer runs until `max_new_tokens` (a long, still-streaming answer on demand).
 The processor (word-level tokenizer, CLIP preprocessing, the template) is
-`llaca.random_llava.llava15_processor`, the one the real-geometry benchmarks use.
+`llaca.model.random_llava.llava15_processor`, the one the real-geometry benchmarks use.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from llaca.random_llava import LLAVA_HF_TEMPLATE, llava15_processor  # noqa: F401  (the template, for tests)
+from llaca.model.random_llava import LLAVA_HF_TEMPLATE, llava15_processor  # noqa: F401  (the template, for tests)
 
 
 def make_llava15(out: Path) -> Path:

@@ -13,7 +13,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from llaca.dataset import VQASample
+from llaca.learn.dataset import VQASample
 
 RGB = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220),
        "yellow": (240, 200, 20), "purple": (140, 50, 180), "orange": (245, 130, 20)}

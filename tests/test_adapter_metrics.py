@@ -7,13 +7,22 @@ from types import SimpleNamespace
 import pytest
 
 from feedback_store import FeedbackStore
-from llaca.adapter_metrics import METRICS_SCHEMA_VERSION, AdapterMetrics, MetricsRecordError
-from llaca.guard import EARLIER, NEW, PROBE, EvalSet, decide
+from llaca.worker.guard import EARLIER, NEW, PROBE, PairedSet, decide_paired
+from llaca.worker.record import (
+    METRICS_SCHEMA_VERSION,
+    AdapterMetrics,
+    MetricsRecordError,
+)
+
 
 def record_after(served, buffer_id: int, name: str, candidate: dict, current: dict) -> AdapterMetrics:
     buffer = SimpleNamespace(id=buffer_id, session_id="s1")
-    sets = [EvalSet(t, NEW if t == f"buffer {buffer_id}" else PROBE if t == "color" else EARLIER, [1]) for t in candidate]
-    report = decide(candidate, current, sets, 5.0)
+    def hits(pct: float) -> list[bool]:  # 100 items, `pct` of them right
+        return [True] * round(pct) + [False] * (100 - round(pct))
+
+    sets = [PairedSet(t, NEW if t == f"buffer {buffer_id}" else PROBE if t == "color" else EARLIER,
+                      hits(candidate[t]), hits(current[t])) for t in candidate]
+    report = decide_paired(sets, 5.0)
     return AdapterMetrics.for_candidate(name, served, buffer, report, ["color"], {"method": "llaca", "steps": 80}, 12.34)
 
 
@@ -37,7 +46,7 @@ def test_a_later_candidate_extends_the_served_versions_matrix():
                           {"buffer 2": 0.0, "buffer 1": 90.0, "color": 99.0})
     assert second.tasks == ["color", "buffer 1", "buffer 2"] and second.row_labels == ["base", "v1", "v2"]
     assert second.matrix == [[100.0, 10.0, None], [99.0, 90.0, None], [97.0, 84.0, 80.0]]
-    assert second.forgetting == {"color": 3.0, "buffer 1": 6.0}  # best earlier row minus the last; llaca.metrics
+    assert second.forgetting == {"color": 3.0, "buffer 1": 6.0}  # best earlier row minus the last; llaca.learn.metrics
     assert second.worst_forgetting == 6.0 and second.average_accuracy == pytest.approx((97 + 84 + 80) / 3)
     assert not second.guard.passed and "buffer 1 fell" in second.guard.reason
     summary = second.summary()

@@ -1,15 +1,22 @@
-"""Tests for llaca.alpha_stats (the α-analysis arithmetic) and the tuner's EMA trace."""
+"""Tests for llaca.bench.alpha_stats (the α-analysis arithmetic) and the tuner's EMA trace."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llaca.alpha_stats import (
-    applied, crossover_numel, project, quantiles, replay_at_shape, rule_alpha, start_weight,
-    summarize, tiled_index,
+from llaca.bench.alpha_stats import (
+    applied,
+    crossover_numel,
+    project,
+    quantiles,
+    replay_at_shape,
+    rule_alpha,
+    start_weight,
+    summarize,
+    tiled_index,
 )
-from llaca.ema import FALLBACK_ALPHA, AdaptiveEMA
+from llaca.learn.ema import FALLBACK_ALPHA, AdaptiveEMA
 
 
 def trajectory(shape, steps, seed=0, move=2e-3, grad=2e-3):
@@ -93,14 +100,14 @@ def test_replay_at_a_multiple_of_the_size_starts_at_the_projection_then_lags():
 
 
 def test_tune_trace_needs_an_adaptive_method():
-    from llaca.tuner import TuneConfig, TuningError, tune
+    from llaca.learn.tuner import TuneConfig, TuningError, tune
 
     with pytest.raises(TuningError, match="adaptive"):
         tune(None, None, [object()], TuneConfig(method="seq", steps=1), trace_ema=True)
 
 
 def test_tune_returns_the_trace_with_tensor_names(tiny):
-    from llaca.tuner import TuneConfig, tune
+    from llaca.learn.tuner import TuneConfig, tune
     from llaca.world.heldout import heldout
 
     res = tune(tiny.model, tiny.processor, heldout("count", 8, seed=1),

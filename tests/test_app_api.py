@@ -177,6 +177,9 @@ def test_errors_say_what_went_wrong_and_the_app_keeps_serving(server, images, tm
         ask(client, path, long_question)
     with pytest.raises(AppError, match="rating must be"):
         client.predict("x", "meh", api_name="/rate")
+    # an endpoint without components gets the client's data as sent: a server path is never read
+    with pytest.raises(AppError, match="must be uploaded with the request"):
+        client.predict({"path": str(path)}, COLOR_Q, api_name="/ask")
     # still serving, and nothing was lost: the too-long question is in the store
     answer, mid, _ = ask(client, path, COLOR_Q)
     assert answer == color

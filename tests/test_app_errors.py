@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import user_message
 from feedback_store import FeedbackStore, StoreError, filesystem
-from tests.test_store_support import ask, png_bytes, store  # noqa: F401
+from tests.store_helpers import ask, png_bytes
 
 
 def raised(action) -> StoreError:

@@ -26,8 +26,8 @@ SHAPE_Q = "What shape is this?"
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, request):
     from app.services import create_services
-    from llaca.config import Settings
-    from llaca.model import load_model
+    from llaca.config.settings import Settings
+    from llaca.model.llava import load_model
 
     torch.set_num_threads(1)
     lm = request.getfixturevalue("tiny") if MODEL == TINY else load_model(MODEL, device="cpu")
@@ -303,9 +303,9 @@ def test_matrix_cells_without_a_figure_are_labelled(services):
     from matplotlib.colors import to_rgba
     from matplotlib.figure import Figure
 
-    from feedback_store.records import AdapterVersion
     from app.dashboard import Dashboard
-    from llaca.plots import MISSING, MISSING_COLOR, matrix_heatmap
+    from feedback_store.records import AdapterVersion
+    from llaca.bench.plots import MISSING, MISSING_COLOR, matrix_heatmap
     from tests.worker_helpers import metrics_record
 
     panels = Dashboard(services)

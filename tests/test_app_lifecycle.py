@@ -23,7 +23,7 @@ from app.answers import AnswersInFlight
 from app.lifecycle import SHUTDOWN_SECONDS
 from app.server import ROOT, AppServer
 from feedback_store import FeedbackStore
-from llaca.serving import ServedBy
+from llaca.serve.assistant import ServedBy
 from tests.llava15_model import make_llava15
 
 

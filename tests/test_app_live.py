@@ -27,8 +27,8 @@ COLOR_Q = "What color is the shape?"
 def live(tmp_path_factory):
     from app import build_app, create_services, launch_kwargs
     from app.server import free_port
-    from llaca.config import Settings
-    from llaca.model import load_model
+    from llaca.config.settings import Settings
+    from llaca.model.llava import load_model
 
     torch.set_num_threads(1)
     lm = load_model(MODEL, device="cpu")  # its own copy: adapters get attached to it
@@ -92,7 +92,7 @@ def make_adapter(path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from llaca.tuner import LM_TARGETS
+    from llaca.learn.tuner import LM_TARGETS
 
     base = LlavaForConditionalGeneration.from_pretrained(MODEL)
     get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LM_TARGETS)).save_pretrained(path)

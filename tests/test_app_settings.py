@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llaca.config import Settings, SettingsError
+from llaca.config.settings import Settings, SettingsError
 
 
 def test_defaults_serve_the_tiny_model_on_localhost():
@@ -49,6 +49,10 @@ def test_gradio_server_variables_are_a_fallback_for_spaces():
     ([], {"LLACA_BUFFER_SIZE": "0"}, "buffer-size must be at least 1"),
     ([], {"LLACA_WORKER": "maybe"}, "LLACA_WORKER"),
     (["--concurrency", "0"], {}, "concurrency must be at least 1"),
+    # the single-adapter methods are a setting within a group now: the error says where they went
+    (["--learn-method", "llaca"], {}, "set tune-method llaca"),
+    ([], {"LLACA_LEARN_METHOD": "groups"}, "learn-method must be one of llaca\\+groups"),
+    ([], {"LLACA_TUNE_METHOD": "llaca+groups"}, "tune-method must be one of seq"),
 ])
 def test_bad_values_name_the_setting(argv, env, words):
     with pytest.raises(SettingsError, match=words):
@@ -63,7 +67,7 @@ def test_no_environment_read_at_import(monkeypatch):
 
 
 def test_every_flag_names_its_variable():
-    from llaca.config import build_parser
+    from llaca.config.settings import build_parser
 
     for action in build_parser()._actions:
         if action.dest != "help":
@@ -81,7 +85,7 @@ def test_train_command_from_flag_or_environment():
 
 
 LEARNING_ENV = {
-    "LLACA_MODEL": "some/llava", "LLACA_DATA_DIR": "/srv/llaca", "LLACA_DEVICE": "cuda:1", "LLACA_LEARN_METHOD": "seq+replay",
+    "LLACA_MODEL": "some/llava", "LLACA_DATA_DIR": "/srv/llaca", "LLACA_DEVICE": "cuda:1", "LLACA_LEARN_METHOD": "llaca+groups", "LLACA_TUNE_METHOD": "seq+replay",
     "LLACA_LEARN_STEPS": "12", "LLACA_GUARD_MARGIN": "2.5", "LLACA_IDLE_READY": "60", "LLACA_WORKER_THREADS": "3",
     "LLACA_TRAIN_COMMAND": "python -m llaca.tune", "LLACA_LOG_LEVEL": "debug",
 }
@@ -91,8 +95,8 @@ def test_the_in_app_worker_and_the_worker_process_read_the_same_configuration(mo
     """The same LLACA_* variables give `python app.py`'s worker and `python -m llaca.worker` one configuration."""
     import importlib.util
 
-    import llaca.worker
-    from llaca.worker_cli import config_from_args
+    import llaca.worker.loop
+    from llaca.worker.cli import config_from_args
     from tests.conftest import ROOT
 
     started = []
@@ -101,7 +105,7 @@ def test_the_in_app_worker_and_the_worker_process_read_the_same_configuration(mo
         started.append(cfg)
         return None, None
 
-    monkeypatch.setattr(llaca.worker, "start_background", start_background)
+    monkeypatch.setattr(llaca.worker.loop, "start_background", start_background)
     spec = importlib.util.spec_from_file_location("app_entry", ROOT / "app.py")
     app_entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app_entry)
@@ -109,7 +113,8 @@ def test_the_in_app_worker_and_the_worker_process_read_the_same_configuration(mo
     standalone, _ = config_from_args([], env=LEARNING_ENV)
     assert started == [standalone]
     s = standalone.settings
-    assert (s.model, s.data_dir, s.device, s.learn_method, s.learn_steps) == ("some/llava", Path("/srv/llaca"), "cuda:1", "seq+replay", 12)
+    assert (s.model, s.data_dir, s.device, s.learn_method, s.tune_method, s.learn_steps) == (
+        "some/llava", Path("/srv/llaca"), "cuda:1", "llaca+groups", "seq+replay", 12)
     assert (s.guard_margin, s.idle_ready, s.worker_threads, s.train_command, s.log_level) == (2.5, 60.0, 3, "python -m llaca.tune", "DEBUG")
     flags, _ = config_from_args(["--learn-steps", "7", "--data-dir", "d"], env=LEARNING_ENV)  # flags over variables
     assert (flags.settings.learn_steps, flags.settings.data_dir) == (7, Path("d"))
@@ -123,4 +128,4 @@ def test_only_the_settings_module_reads_llaca_variables():
     reads = re.compile(r"""(environ|getenv)\W*(get)?\W*["']LLACA_""")  # os.environ.get("LLACA_X"), getenv("LLACA_X")...
     files = [ROOT / "app.py", *(p for d in ("app", "llaca", "feedback_store") for p in (ROOT / d).rglob("*.py"))]
     assert [str(p.relative_to(ROOT)) for p in files if reads.search(p.read_text())] == []
-    assert "env.get(name)" in (ROOT / "llaca" / "config.py").read_text()  # Settings.from_namespace reads them all
+    assert "env.get(name)" in (ROOT / "llaca" / "config" / "settings.py").read_text()  # Settings.from_namespace reads them all

@@ -24,8 +24,8 @@ def test_concurrent_sessions_over_four_groups_answer_as_they_do_alone(tmp_path):
 
     from app.server import AppServer
     from feedback_store import FeedbackStore
-    from llaca.model import load_model
-    from llaca.random_adapters import routed_system
+    from llaca.bench.random_adapters import routed_system
+    from llaca.model.llava import load_model
     from llaca.world.heldout import heldout
 
     version, _ = routed_system(load_model(TINY, device="cpu").model, tmp_path / "made", FAMILIES)

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from llaca.batched_serving import BatchedAssistant
-from llaca.model import GenerationParams, load_model
-from llaca.serving import BASE, Assistant, ServedVersion
-from llaca.shared_model import SharedModel
+from llaca.bench.random_adapters import FAMILIES, routed_system
+from llaca.model.llava import GenerationParams, load_model
+from llaca.model.shared import SharedModel
+from llaca.serve.assistant import BASE, Assistant, ServedVersion
+from llaca.serve.batched_assistant import BatchedAssistant
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
-from llaca.random_adapters import FAMILIES, routed_system
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 

@@ -36,7 +36,7 @@ def test_bench_quick_writes_json_table_and_plot(tmp_path):
 @pytest.mark.slow
 def test_bench_quick_accepts_every_method_and_merges(tmp_path):
     """Every method runs under --quick (a few steps here, to keep CI short); runs merge into one result."""
-    from llaca.continual import METHODS
+    from llaca.bench.continual import METHODS
 
     outs = []
     for k, methods in enumerate((METHODS[:4], METHODS[4:])):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llaca.continual import METHODS, Task, run_method
-from llaca.tuner import TuneConfig, _batches
+from llaca.bench.continual import METHODS, Task, run_method
+from llaca.learn.tuner import TuneConfig, _batches
 from llaca.world.heldout import heldout
 
 
@@ -24,7 +24,7 @@ def test_bench_lists_every_method_one_a_line_from_a_registry_without_torch():
     assert listed.returncode == 0 and listed.stdout.split("\n")[:-1] == list(METHODS)
     assert {"seq", "llaca+replay", "llaca+groups", "llaca+groups+probe", "joint"} <= set(METHODS)
     # the app's settings and the worker's method names load without torch
-    probe = "import sys, llaca.methods, llaca.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    probe = "import sys, llaca.config.methods, llaca.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
 

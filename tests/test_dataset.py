@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llaca.dataset import DatasetFormatError, VQASample, read_folder, write_folder
+from llaca.learn.dataset import DatasetFormatError, VQASample, read_folder, write_folder
 from llaca.world.heldout import heldout
 from tests.conftest import ROOT
 
@@ -58,7 +58,7 @@ def test_repeated_sample_ids_are_refused_before_anything_is_written(tmp_path):
 
 
 def test_bench_names_a_task_after_its_folder_also_when_given_its_data_json(tmp_path):
-    from llaca.bench import folder_tasks
+    from llaca.bench.cli import folder_tasks
 
     for name in ("count", "letter"):
         write_folder(heldout(name, 6, seed=2), tmp_path / name)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from feedback_store import FeedbackStore, NotFoundError
 from feedback_store.status import MAX_REFUSALS
-from llaca.guard import CONFLICT, PROBE, PairedSet, decide_paired
+from llaca.worker.guard import CONFLICT, PROBE, PairedSet, decide_paired
 
 
 def _png(color) -> bytes:
@@ -112,8 +112,8 @@ def test_a_conflict_held_for_review_overrules_the_other_author_only_when_approve
 
 
 def test_provenance_survives_the_disk_and_dropping_a_group(tmp_path):
-    from llaca.groups import InstructionCodebook
-    from llaca.routed_system import ADAPTER_FILES, RoutedSystem
+    from llaca.groups.codebook import InstructionCodebook
+    from llaca.groups.system import ADAPTER_FILES, RoutedSystem
 
     src = tmp_path / "src"
     for g in ("g1", "g2"):

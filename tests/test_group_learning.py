@@ -20,11 +20,14 @@ from feedback_store import (
     UnknownAdapterError,
     correction_status,
 )
-from llaca.adapter_files import publish, staging_dir
-from llaca.config import Settings
-from llaca.evaluate import is_correct
-from llaca.groups import InstructionCodebook
-from llaca.guard import (
+from llaca.config.methods import GROUPS
+from llaca.config.settings import Settings
+from llaca.groups.codebook import InstructionCodebook
+from llaca.groups.system import RoutedSystem, SystemFormatError, is_routed_system
+from llaca.learn.evaluate import is_correct
+from llaca.model.locks import AdapterGate
+from llaca.worker.adapter_files import publish, staging_dir
+from llaca.worker.guard import (
     EARLIER,
     NEW,
     PROBE,
@@ -33,10 +36,7 @@ from llaca.guard import (
     decide_paired,
     worse_p_value,
 )
-from llaca.locks import AdapterGate
-from llaca.methods import GROUPS
-from llaca.routed_system import RoutedSystem, SystemFormatError, is_routed_system
-from llaca.worker import LearningWorker, WorkerConfig
+from llaca.worker.loop import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 from tests.worker_helpers import teach
@@ -217,7 +217,7 @@ def test_each_correction_has_one_outcome(tmp_path):
 
 
 def _worker(store, tmp_path, **settings) -> LearningWorker:
-    from llaca.model import load_model
+    from llaca.model.llava import load_model
 
     lm = load_model(TINY, device="cpu")
     cfg = WorkerConfig(Settings(data_dir=tmp_path, learn_method=GROUPS, **settings), probe_n=40)
@@ -226,8 +226,8 @@ def _worker(store, tmp_path, **settings) -> LearningWorker:
 
 @pytest.mark.slow
 def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_path):
-    from llaca.model import GenerationParams, load_model
-    from llaca.serving import BASE, Assistant, ServedVersion
+    from llaca.model.llava import GenerationParams, load_model
+    from llaca.serve.assistant import BASE, Assistant, ServedVersion
 
     store = FeedbackStore(tmp_path)
     _, b1 = teach(store, "position", 24, seed=5)
@@ -342,12 +342,12 @@ def test_sigkill_mid_promotion_keeps_the_routed_system_consistent(tmp_path, poin
 
     store = FeedbackStore(tmp_path)
     _, buffer_id = teach(store, "position", 12, seed=4)
-    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--guard-margin", "100", "--learn-method", GROUPS)
+    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--guard-margin", "100")
     assert proc.wait(180) == -signal.SIGKILL, proc.stderr.read()[-2000:]
     assert store.current_adapter() is None
     assert {i.group_id for i in store.buffer_items(buffer_id)} == {"g1"}  # assigned before training
     wait_for(lambda: store.get_buffer(buffer_id).lease_until < time.time(), 10, "the lease to expire")
-    proc = start_worker(tmp_path, "--once", "--guard-margin", "100", "--learn-method", GROUPS)
+    proc = start_worker(tmp_path, "--once", "--guard-margin", "100")
     assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
     assert store.get_buffer(buffer_id).status == "promoted"
     current = store.current_adapter()
@@ -359,7 +359,7 @@ def test_sigkill_mid_promotion_keeps_the_routed_system_consistent(tmp_path, poin
 
 @pytest.mark.slow
 def test_a_version_promoted_by_another_worker_meanwhile_is_built_on_not_lost(tmp_path):
-    from llaca.group_learning import GroupChangedMeanwhile
+    from llaca.worker.policy import GroupChangedMeanwhile
 
     store = FeedbackStore(tmp_path)
     _, first = teach(store, "position", 8, seed=21)

@@ -1,5 +1,5 @@
-"""Where a new group starts (`llaca.group_start`) and which group a correction joins
-(`llaca.grouping`), on the real tiny model: the weights a new group starts from, and the
+"""Where a new group starts (`llaca.groups.start`) and which group a correction joins
+(`llaca.groups.grouping`), on the real tiny model: the weights a new group starts from, and the
 weights of the groups it learned from, compared tensor by tensor."""
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 from feedback_store import FeedbackStore
-from llaca.config import Settings
-from llaca.group_start import BASE, SCENE_RATIO, Fit, probe, start_adapter
-from llaca.grouping import answer_kind, assign_questions, join_decision, same_kind
-from llaca.groups import InstructionCodebook
-from llaca.routed_system import RoutedSystem
-from llaca.tuner import TuneConfig, tune
-from llaca.worker import LearningWorker, WorkerConfig
+from llaca.config.settings import Settings
+from llaca.groups.codebook import InstructionCodebook
+from llaca.groups.grouping import (
+    answer_kind,
+    assign_questions,
+    join_decision,
+    same_kind,
+)
+from llaca.groups.start import BASE, SCENE_RATIO, Fit, probe, start_adapter
+from llaca.groups.system import RoutedSystem
+from llaca.learn.tuner import TuneConfig, tune
+from llaca.worker.loop import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
 from tests.worker_helpers import teach
 
@@ -161,6 +166,7 @@ def test_merged_start_combines_every_group_into_one_adapter_of_the_same_rank(tin
 # -- through the worker ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_wording_joins_its_group_and_the_other_groups_stay_bit_identical(tiny, tmp_path):
     """Position taught in its own words, then count, then position asked another way: the new
     wording joins the position group (its answers are that group's kind), it routes there when

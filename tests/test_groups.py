@@ -1,4 +1,4 @@
-"""The instruction codebook (llaca/groups.py): matching, thresholds, margin, routing, state."""
+"""The instruction codebook (llaca/groups/codebook.py): matching, thresholds, margin, routing, state."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llaca.groups import CodebookError, InstructionCodebook
-from llaca.instruction_match import slot_pattern
+from llaca.groups.codebook import CodebookError, InstructionCodebook
+from llaca.groups.instruction_match import slot_pattern
 from llaca.world.families import CONTINUAL_SEQUENCE, FAMILIES, generate
 
 TRAIN_SEED, HELDOUT_SEED = 0, 10_000
@@ -114,7 +114,7 @@ def test_released_pair_cosine_equals_a_vectorizer_fit_per_pair():
     """The released scorer's closed form is the per-pair TfidfVectorizer(stop_words='english') fit."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from llaca.instruction_match import ReleasedIndex
+    from llaca.groups.instruction_match import ReleasedIndex
 
     index = ReleasedIndex([])
     texts = [q for f in FAMILIES for q in questions(f, 3, 50_000)]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from app.server import ROOT, free_port
-from llaca.model import REAL_MODEL, ModelLoadError, hub_cache_only
+from llaca.model.llava import REAL_MODEL, ModelLoadError, hub_cache_only
 
 
 @pytest.fixture

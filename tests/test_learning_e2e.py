@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.server import AppServer
-from llaca.evaluate import is_correct
+from llaca.learn.evaluate import is_correct
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 

@@ -2,7 +2,7 @@
 
 336 px images, patch 14, `vision_feature_layer=-2`, `vision_feature_select_strategy="default"`,
 `<image>` at id 32000 and llava-hf's own chat template. It is saved and loaded through
-`llaca.model.load_model`, exactly like `--model llava-hf/llava-1.5-7b-hf`, then prompt
+`llaca.model.llava.load_model`, exactly like `--model llava-hf/llava-1.5-7b-hf`, then prompt
 rendering, image-token expansion (576 tokens) and streamed generation are checked.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llaca.model import GenerationParams, load_model, stream_answer
+from llaca.model.llava import GenerationParams, load_model, stream_answer
 from tests.llava15_model import make_llava15
 from tests.stop_probe import decoding_steps
 

@@ -1,4 +1,4 @@
-"""Tests for llaca.metrics on small accuracy matrices whose metrics are worked out by hand."""
+"""Tests for llaca.learn.metrics on small accuracy matrices whose metrics are worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from llaca.metrics import ContinualMetrics, forgetting_per_task, summarize, validate_matrix
+from llaca.learn.metrics import (
+    ContinualMetrics,
+    forgetting_per_task,
+    summarize,
+    validate_matrix,
+)
 
 # Rows: after training task j; columns: task i; percent.
 THREE_TASKS = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from llaca.dataset import VQASample
-from llaca.encoding import IGNORE, encode_supervised, messages_for, render_with_answer_spans
+from llaca.learn.dataset import VQASample
+from llaca.learn.encoding import IGNORE, encode_supervised, render_with_answer_spans
+from llaca.model.chat import messages_for
 from llaca.world.processor import IMAGE_ID, build_processor
 
 

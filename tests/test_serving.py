@@ -10,9 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llaca.model import GenerationParams, load_model
-from llaca.serving import BASE, AdapterLoadError, Assistant, ServedVersion, SwapLock
-from llaca.tuner import TuneConfig, tune
+from llaca.learn.tuner import TuneConfig, tune
+from llaca.model.llava import GenerationParams, load_model
+from llaca.serve.assistant import (
+    BASE,
+    AdapterLoadError,
+    Assistant,
+    ServedVersion,
+    SwapLock,
+)
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 

@@ -11,15 +11,15 @@ import threading
 import torch
 from safetensors.torch import load_file
 
-from llaca.batched_serving import BatchedAssistant
-from llaca.memory import parameter_bytes
-from llaca.model import GenerationParams, load_model
-from llaca.serving import ServedVersion
-from llaca.shared_model import SharedModel
-from llaca.tuner import TuneConfig, tune
+from llaca.bench.random_adapters import routed_system
+from llaca.learn.tuner import TuneConfig, tune
+from llaca.model.llava import GenerationParams, load_model
+from llaca.model.memory import parameter_bytes
+from llaca.model.shared import SharedModel
+from llaca.serve.assistant import ServedVersion
+from llaca.serve.batched_assistant import BatchedAssistant
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
-from llaca.random_adapters import routed_system
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 
@@ -64,8 +64,8 @@ def test_training_on_the_shared_model_while_it_serves_equals_training_a_private_
 
 def test_the_app_process_holds_the_base_weights_once(tmp_path):
     from app.services import create_services
-    from llaca.config import Settings
-    from llaca.worker import LearningWorker, WorkerConfig
+    from llaca.config.settings import Settings
+    from llaca.worker.loop import LearningWorker, WorkerConfig
 
     for max_batch, copies in ((8, 1), (1, 2)):
         settings = Settings.from_args(["--data-dir", str(tmp_path / str(max_batch)), "--max-batch", str(max_batch)],
@@ -82,9 +82,9 @@ def test_the_app_process_holds_the_base_weights_once(tmp_path):
 def test_judging_on_the_shared_model_answers_as_a_private_copy(tmp_path):
     """The worker's evaluation on the shared model (one adapter for every row of `generate`'s
     batches) gives the answers that applying the adapter to a private copy gives."""
-    from llaca.evaluate import adapter_applied, generate_answers
-    from llaca.random_adapters import random_adapter
-    from llaca.shared_model import adapter_key
+    from llaca.bench.random_adapters import random_adapter
+    from llaca.learn.evaluate import adapter_applied, generate_answers
+    from llaca.model.shared import adapter_key
 
     private = load_model(TINY, device="cpu")
     adapter = random_adapter(private.model, tmp_path / "a", seed=5, b_scale=1.0)

@@ -16,7 +16,7 @@ from feedback_store import (
     InvalidParamsError,
     UnknownAdapterError,
 )
-from tests.test_store_support import FakeClock, store  # noqa: F401
+from tests.store_helpers import FakeClock
 
 LIBS = {"peft": "0.21.2", "transformers": "5.23.0", "torch": "2.13.0+cpu"}
 
@@ -61,7 +61,7 @@ def test_register_validation(store):
 
 
 def test_promote_keeps_exactly_one_current(store):
-    v1, v2, v3 = register(store), register(store), register(store)
+    register(store), register(store), register(store)
     store.promote_adapter("v1")
     assert store.current_adapter().version == "v1"
     store.promote_adapter("v2")

@@ -21,7 +21,7 @@ from feedback_store import (
     MessageNotFoundError,
     SessionNotFoundError,
 )
-from tests.test_store_support import ask, image_files, png_bytes, row_counts, store  # noqa: F401
+from tests.store_helpers import ask, image_files, png_bytes, row_counts
 
 
 def noisy_png(size: int = 64) -> bytes:

@@ -13,7 +13,7 @@ from feedback_store import (
     NothingToTeachError,
     UnknownAdapterError,
 )
-from tests.test_store_support import FakeClock, ask, png_bytes, row_counts, store  # noqa: F401
+from tests.store_helpers import FakeClock, ask, png_bytes, row_counts
 
 
 @pytest.fixture

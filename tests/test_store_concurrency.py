@@ -7,8 +7,8 @@ import hashlib
 import json
 import multiprocessing
 import random
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from feedback_store import FeedbackStore, StoreBusyError
-from tests.test_store_support import ask, child, png_bytes, read_acks, row_counts, store  # noqa: F401
+from tests.store_helpers import ask, child, png_bytes, read_acks, row_counts
 
 
 def make_ready_buffers(store: FeedbackStore, n: int) -> set[int]:

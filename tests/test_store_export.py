@@ -9,14 +9,13 @@ import subprocess
 import sys
 
 import pytest
-
 from PIL import Image
 
 from feedback_store import ExportError
 from feedback_store.export import export_jsonl
-from llaca.dataset import read_folder
 from llaca.export import export_llava
-from tests.test_store_support import REPO_ROOT, ask, png_bytes, store  # noqa: F401
+from llaca.learn.dataset import read_folder
+from tests.store_helpers import REPO_ROOT, ask, png_bytes
 
 
 @pytest.fixture

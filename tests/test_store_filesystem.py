@@ -6,8 +6,7 @@ import logging
 
 import pytest
 
-from feedback_store import FeedbackStore, UnsafeFilesystemError
-from feedback_store import filesystem
+from feedback_store import FeedbackStore, UnsafeFilesystemError, filesystem
 from feedback_store.filesystem import check_data_dir, filesystem_type
 
 TABLE = """\

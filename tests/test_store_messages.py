@@ -22,7 +22,7 @@ from feedback_store import (
     StoreClosedError,
     UnknownAdapterError,
 )
-from tests.test_store_support import ask, image_files, jpeg_bytes, png_bytes, row_counts, store  # noqa: F401
+from tests.store_helpers import ask, image_files, jpeg_bytes, png_bytes, row_counts
 
 
 def test_open_creates_only_the_data_dir_layout(tmp_path):

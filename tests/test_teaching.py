@@ -18,7 +18,7 @@ from PIL import Image
 from app.quotas import QuotaError
 from app.teaching import WAITING_FOR_REVIEW, Teaching, client_address
 from feedback_store import FeedbackStore, InvalidInputError, NotFoundError, parse_ids
-from llaca.config import Settings, SettingsError
+from llaca.config.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
 
@@ -140,11 +140,11 @@ def test_quotas_refuse_with_the_limit_named(store):
 
 
 def test_the_oauth_profile_names_the_author(tmp_path, tiny):
+    import torch
+
     from app.api import ApiHandlers
     from app.services import create_services
     from app.state import SessionState
-
-    import torch
 
     image = tmp_path / "red.png"
     image.write_bytes(_png())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import subprocess
 import sys
 import tempfile
@@ -13,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from llaca.evaluate import evaluate
-from llaca.model import GenerationParams, answer, stream_answer
+from llaca.learn.evaluate import evaluate
+from llaca.model.llava import GenerationParams, answer, stream_answer
 from llaca.world.build import BuildConfig, build
 from llaca.world.heldout import heldout
 from llaca.world.vision_pretrain import VisionPretrainConfig
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY
 from tests.other_drawing import other_code_samples
 from tests.stop_probe import decoding_steps
 
@@ -80,7 +79,7 @@ def test_the_base_model_knows_the_concepts_the_continual_tasks_ask_about(tiny):
 
     Regression floors below the committed model's measured figures (objects 86-97, presence 76-80,
     edges 65, captions 81% of objects named right); the issue's targets are higher (see README)."""
-    from llaca.evaluate import caption_object_score
+    from llaca.learn.evaluate import caption_object_score
 
     floors = {"objects": 78.0, "presence": 65.0, "edges": 52.0}
     for family, floor in floors.items():
@@ -129,8 +128,8 @@ def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
     fresh images, from a zero-shot score near 0 (the base model knows the concept, not the format).
     Floors sit below the measured learnability (count 72-74, letter 77-83 on 200 samples); the
     issue's target is 80."""
-    from llaca.evaluate import adapter_applied
-    from llaca.tuner import TuneConfig, tune
+    from llaca.learn.evaluate import adapter_applied
+    from llaca.learn.tuner import TuneConfig, tune
 
     test = heldout(family, 100, seed=99, size=(64, 128))
     before = evaluate(tiny.model, tiny.processor, test).accuracy

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llaca.dataset import write_folder
-from llaca.tune import build_parser, command_args, config_from_args
-from llaca.tuner import TuneConfig, TuningError, _batches
+from llaca.learn.command import build_parser, command_args, config_from_args
+from llaca.learn.dataset import write_folder
+from llaca.learn.tuner import TuneConfig, TuningError, _batches
 from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
 

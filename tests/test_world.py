@@ -8,8 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from llaca.evaluate import iou, is_correct, normalize, parse_box
-from llaca.world.families import BASE_FAMILIES, CONTINUAL_SEQUENCE, FAMILIES, QUESTIONS, caption, generate
+from llaca.learn.evaluate import iou, is_correct, normalize, parse_box
+from llaca.world.families import (
+    BASE_FAMILIES,
+    CONTINUAL_SEQUENCE,
+    FAMILIES,
+    QUESTIONS,
+    caption,
+    generate,
+)
 from llaca.world.palette import COLOR_NAMES, COLORS, LETTERS, QUADRANTS, SHAPES
 
 
@@ -208,7 +215,7 @@ def test_base_training_never_uses_a_continual_instruction_format():
 
 
 def test_caption_object_score_and_edges_scoring():
-    from llaca.evaluate import caption_object_score
+    from llaca.learn.evaluate import caption_object_score
 
     ref = "a red circle at the top left, the letter K at the top right and an orange star at the bottom left"
     assert caption_object_score(ref, ref) == 1.0

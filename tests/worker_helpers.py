@@ -11,7 +11,7 @@ def is_complete(path) -> bool:
     """A published adapter folder: not a staging folder, and peft's files are all there."""
     from pathlib import Path
 
-    from llaca.adapter_files import REQUIRED
+    from llaca.worker.adapter_files import REQUIRED
 
     path = Path(path)
     return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
@@ -42,9 +42,9 @@ def teach(store, family: str, n: int, seed: int, answer_for=None, threshold: int
 
 def metrics_record(buffer: int, tasks: list[str], matrix: list[list[float]], row_labels: list[str],
                    passed: bool = True, reason: str = "ok", margin: float = 5.0) -> dict:
-    """An adapter metrics record (``llaca.adapter_metrics``) with fixture numbers, as stored."""
-    from llaca.adapter_metrics import AdapterMetrics
-    from llaca.guard import GuardReport
+    """An adapter metrics record (``llaca.worker.record``) with fixture numbers, as stored."""
+    from llaca.worker.guard import GuardReport
+    from llaca.worker.record import AdapterMetrics
 
     guard = GuardReport(passed, reason, margin, dict(zip(tasks, matrix[-1])), dict(zip(tasks, matrix[-2])))
     return AdapterMetrics(buffer, "session", tasks, matrix, row_labels, guard, 1.0).to_dict()

@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_MODEL
+from llaca.config.settings import DEFAULT_MODEL
+
 from .families import CONTINUAL_SEQUENCE, FAMILIES
 from .tiny import TinyArch
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.cmd == "export":
-        from ..dataset import write_folder
+        from llaca.learn.dataset import write_folder
+
         from .heldout import heldout
 
         samples = heldout(args.family, args.n, seed=args.seed, size=args.size)
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "learnability":
         import torch
 
-        from ..model import load_model
+        from llaca.model.llava import load_model
+
         from .learnability import learnability, markdown, write_report
 
         if args.threads:
@@ -112,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(report))
         print("wrote", *paths)
     else:
-        from ..evaluate import evaluate
-        from ..model import load_model
+        from llaca.learn.evaluate import evaluate
+        from llaca.model.llava import load_model
+
         from .heldout import heldout
 
         lm = load_model(args.model, device=args.device)
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(lm.model, lm.processor, samples)
         print(f"{args.family}: {res.accuracy:.1f}% of {res.n} ({args.model})")
         if args.family == "describe":
-            from ..evaluate import caption_object_score
+            from llaca.learn.evaluate import caption_object_score
 
             score = sum(caption_object_score(p, s.answer) for p, s in zip(res.predictions, samples)) / len(samples)
             print(f"describe, object by object (name and quadrant): {100 * score:.1f}%")

@@ -21,15 +21,28 @@ from pathlib import Path
 
 import torch
 
-from ..dataset import VQASample
-from ..encoding import answer_loss, encode_supervised
-from ..evaluate import caption_object_score, evaluate
+from llaca.learn.dataset import VQASample
+from llaca.learn.encoding import answer_loss, encode_supervised
+from llaca.learn.evaluate import caption_object_score, evaluate
+
 from .canvas import render
-from .heldout import heldout
 from .families import (
-    QUESTIONS, SceneDoesNotFit, base_scene, caption, count_answer, edges_answer, edges_question, named_color_answer,
-    named_color_question, named_color_target, presence_answer, presence_question, presence_targets, unique_objects,
+    QUESTIONS,
+    SceneDoesNotFit,
+    base_scene,
+    caption,
+    count_answer,
+    edges_answer,
+    edges_question,
+    named_color_answer,
+    named_color_question,
+    named_color_target,
+    presence_answer,
+    presence_question,
+    presence_targets,
+    unique_objects,
 )
+from .heldout import heldout
 from .processor import build_processor
 from .tiny import TinyArch, build_model
 from .train_loop import autocast_for, train

@@ -21,8 +21,21 @@ from typing import Callable
 
 from PIL import Image
 
-from .canvas import Scene, SceneObject, light_background, min_size, place_in_region, render, shape_object
+from .canvas import (
+    Scene,
+    SceneObject,
+    render,
+)
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
+from .scenes import (
+    SceneDoesNotFit,
+    blank_scene,
+    letter_in_region,
+    one_shape,
+    quadrant_region,
+    scatter_shapes,
+    shape_in_quadrant,
+)
 
 BASE_FAMILIES: tuple[str, ...] = ("color", "shape")  # the base probes: what must never be forgotten
 BASE_TRAINING: tuple[str, ...] = ("color", "shape", "describe", "objects", "presence", "edges")
@@ -51,78 +64,6 @@ class WorldItem:
     scene: Scene
 
 
-class SceneDoesNotFit(Exception):
-    """Raised internally when random placement fails; the generator retries."""
-
-
-def _canvas(rng: random.Random, size: int) -> Scene:
-    return Scene(size, size, light_background(rng), supersample=4 if rng.random() < 0.3 else 1)
-
-
-def _one_shape(rng: random.Random, size: int, max_frac: float = 0.6) -> Scene:
-    scene = _canvas(rng, size)
-    name, color = rng.choice(SHAPES), rng.choice(COLOR_NAMES)
-    lo = min_size(size)
-    obj = place_in_region(
-        rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
-        (lo, max(lo, size * max_frac)), [],
-    )
-    if obj is None:
-        raise SceneDoesNotFit
-    scene.objects.append(obj)
-    return scene
-
-
-def _quadrant_region(q: str, size: int, margin: float = 2.0) -> tuple[float, float, float, float]:
-    half = size / 2
-    x1 = 1 if "left" in q else half + margin
-    y1 = 1 if "top" in q else half + margin
-    return (x1, y1, x1 + half - margin - 1, y1 + half - margin - 1)
-
-
-def _shape_in_quadrant(rng: random.Random, size: int, q: str, name: str, color: str, others: list[SceneObject]):
-    lo = min_size(size)
-    return place_in_region(
-        rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), _quadrant_region(q, size),
-        (lo, max(lo, size * 0.42)), others,
-    )
-
-
-def _letter_in_region(rng, size: int, region, letter: str, others: list[SceneObject], max_frac: float):
-    """A letter in `region`; a third of them bold, as other fonts and weights would draw them."""
-    lo = min_size(size)
-    stroke = rng.choice([0.0, 0.0, rng.uniform(0.03, 0.07)])
-    return place_in_region(
-        rng, lambda x, y, s: SceneObject("letter", letter, None, x, y, s, stroke=stroke), region,
-        (lo, max(lo, size * max_frac)), others,
-    )
-
-
-def _scatter_shapes(rng: random.Random, size: int, n: int, distinct_shapes: bool = False,
-                    letter_frac: float = 0.0) -> Scene:
-    """`n` objects anywhere, no two alike (shapes differ in colour or shape, letters in letter)."""
-    scene = _canvas(rng, size)
-    lo = min_size(size)
-    names = rng.sample(SHAPES, n) if distinct_shapes else [rng.choice(SHAPES) for _ in range(n)]
-    used: set[tuple[str | None, str]] = set()
-    for name in names:
-        if rng.random() < letter_frac:
-            letter = rng.choice([x for x in LETTERS if (None, x) not in used])
-            obj = _letter_in_region(rng, size, (1, 1, size - 1, size - 1), letter, scene.objects,
-                                    0.34 if n <= 3 else 0.26)
-        else:
-            color = rng.choice([c for c in COLOR_NAMES if (c, name) not in used])
-            obj = place_in_region(
-                rng, lambda x, y, s: shape_object(rng, name, color, x, y, s), (1, 1, size - 1, size - 1),
-                (lo, max(lo, size * (0.34 if n <= 3 else 0.26))), scene.objects,
-            )
-        if obj is None:
-            raise SceneDoesNotFit
-        used.add((obj.color, obj.name))
-        scene.objects.append(obj)
-    return scene
-
-
 def fmt_box(box: tuple[float, float, float, float], width: int, height: int) -> str:
     x1, y1, x2, y2 = box
     vals = [max(0.0, min(1.0, v)) for v in (x1 / width, y1 / height, x2 / width, y2 / height)]
@@ -140,25 +81,25 @@ def caption(scene: Scene) -> str:
 # --- one function per family: (rng, size) -> (scene, turns) -------------------------------------
 
 def _color(rng, size):
-    scene = _one_shape(rng, size)
+    scene = one_shape(rng, size)
     return scene, [(QUESTIONS["color"], scene.objects[0].color)]
 
 
 def _shape(rng, size):
-    scene = _one_shape(rng, size)
+    scene = one_shape(rng, size)
     return scene, [(QUESTIONS["shape"], scene.objects[0].name)]
 
 
 def _count(rng, size):
     n = rng.randint(1, 5)
-    scene = _scatter_shapes(rng, size, n)
+    scene = scatter_shapes(rng, size, n)
     return scene, [(QUESTIONS["count"], str(n))]
 
 
 def _position(rng, size):
-    scene = _canvas(rng, size)
+    scene = blank_scene(rng, size)
     q = rng.choice(QUADRANTS)
-    obj = _shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), [])
+    obj = shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), [])
     if obj is None:
         raise SceneDoesNotFit
     scene.objects.append(obj)
@@ -166,7 +107,7 @@ def _position(rng, size):
 
 
 def _exists(rng, size):
-    scene = _scatter_shapes(rng, size, rng.randint(2, 3))
+    scene = scatter_shapes(rng, size, rng.randint(2, 3))
     present = {(o.color, o.name) for o in scene.objects}
     if rng.random() < 0.5:
         color, name = rng.choice(sorted(present))
@@ -181,7 +122,7 @@ def _exists(rng, size):
 
 
 def _choice(rng, size):
-    scene = _scatter_shapes(rng, size, rng.randint(2, 3), distinct_shapes=True)
+    scene = scatter_shapes(rng, size, rng.randint(2, 3), distinct_shapes=True)
     target = rng.choice(scene.objects)
     others = [o.color for o in scene.objects if o.color != target.color]
     distractors = list(dict.fromkeys(others))[:1] + [c for c in rng.sample(COLOR_NAMES, len(COLOR_NAMES)) if c != target.color]
@@ -197,9 +138,9 @@ def _choice(rng, size):
 
 
 def _letter(rng, size):
-    scene = _canvas(rng, size)
+    scene = blank_scene(rng, size)
     letter = rng.choice(LETTERS)
-    obj = _letter_in_region(rng, size, (1, 1, size - 1, size - 1), letter, [], 0.6)
+    obj = letter_in_region(rng, size, (1, 1, size - 1, size - 1), letter, [], 0.6)
     if obj is None:
         raise SceneDoesNotFit
     scene.objects.append(obj)
@@ -207,12 +148,12 @@ def _letter(rng, size):
 
 
 def _box(rng, size):
-    scene = _one_shape(rng, size, max_frac=0.55)
+    scene = one_shape(rng, size, max_frac=0.55)
     return scene, [(QUESTIONS["box"], fmt_box(scene.objects[0].bbox(), size, size))]
 
 
 def _unanswerable(rng, size):
-    scene = _one_shape(rng, size)
+    scene = one_shape(rng, size)
     obj = scene.objects[0]
     if rng.random() < 0.5:
         asked, answer = obj.name, obj.color
@@ -222,13 +163,13 @@ def _unanswerable(rng, size):
 
 
 def _describe(rng, size):
-    scene = _canvas(rng, size)
+    scene = blank_scene(rng, size)
     quads = rng.sample(QUADRANTS, rng.choice([1, 1, 2, 2, 3, 4]))
     for q in quads:
         if rng.random() < 0.3:
-            obj = _letter_in_region(rng, size, _quadrant_region(q, size), rng.choice(LETTERS), scene.objects, 0.4)
+            obj = letter_in_region(rng, size, quadrant_region(q, size), rng.choice(LETTERS), scene.objects, 0.4)
         else:
-            obj = _shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), scene.objects)
+            obj = shape_in_quadrant(rng, size, q, rng.choice(SHAPES), rng.choice(COLOR_NAMES), scene.objects)
         if obj is None:
             raise SceneDoesNotFit
         scene.objects.append(obj)
@@ -333,11 +274,11 @@ def base_scene(rng: random.Random, size: int) -> Scene:
     per quadrant (describe)."""
     r = rng.random()
     if r < 0.25:
-        return _one_shape(rng, size)
+        return one_shape(rng, size)
     if r < 0.40:
         return _letter(rng, size)[0]
     if r < 0.80:
-        return _scatter_shapes(rng, size, rng.randint(1, 5), letter_frac=0.2)
+        return scatter_shapes(rng, size, rng.randint(1, 5), letter_frac=0.2)
     return _describe(rng, size)[0]
 
 
@@ -353,7 +294,7 @@ def _presence(rng, size):
 
 
 def _named_color(rng, size):
-    scene = _scatter_shapes(rng, size, rng.randint(1, 4), letter_frac=0.2)
+    scene = scatter_shapes(rng, size, rng.randint(1, 4), letter_frac=0.2)
     target = named_color_target(rng, scene)
     if target is None:
         raise SceneDoesNotFit

@@ -7,7 +7,8 @@ its first items.
 
 from __future__ import annotations
 
-from ..dataset import VQASample
+from llaca.learn.dataset import VQASample
+
 from .families import make_item, sample_rng
 
 

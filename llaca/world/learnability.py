@@ -19,10 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from ..evaluate import adapter_scores
-from ..tuner import TuneConfig, tune
-from .heldout import heldout
+from llaca.learn.evaluate import adapter_scores
+from llaca.learn.tuner import TuneConfig, tune
+
 from .families import CONTINUAL_SEQUENCE
+from .heldout import heldout
 
 EVAL_SIZES: tuple[tuple[str, int | tuple[int, int]], ...] = (("64px", 64), ("96-128px", (96, 128)))
 TRAIN_SEED, EVAL_SEED = 20_000, 30_000

@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 from .processor import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID
 

@@ -1,6 +1,6 @@
 """The training loop both stages of the tiny model's build share.
 
-The warm-up plus cosine learning-rate schedule (`llaca.schedule`, scaled per parameter group by its `lr_scale`),
+The warm-up plus cosine learning-rate schedule (`llaca.learn.schedule`, scaled per parameter group by its `lr_scale`),
 gradient clipping, a tqdm bar showing the running loss, and a summary of the losses. Batches
 are drawn and encoded in a background thread one step ahead (drawing, rendering and
 tokenising are Python work that overlaps with torch's GIL-free kernels); one producer keeps
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
-from ..schedule import warmup_cosine
+from llaca.learn.schedule import warmup_cosine
 
 
 def prefetched(make_batch: Callable[[], object], n: int, depth: int = 2) -> Iterator:

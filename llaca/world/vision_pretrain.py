@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .families import SceneDoesNotFit, _describe, _letter, _one_shape, _scatter_shapes, make_item, sample_rng
 from .canvas import render, render_ids
+from .families import FAMILIES, make_item, sample_rng
 from .palette import COLOR_NAMES, LETTERS, QUADRANTS, SHAPES
+from .scenes import SceneDoesNotFit, one_shape, scatter_shapes
 from .train_loop import train
 
 MAX_OBJECTS = 5
@@ -84,12 +85,12 @@ def probe_scene(rng: random.Random, canvas: tuple[int, int], mix: tuple[float, f
         r = rng.random()
         try:
             if r < mix[0]:
-                return _one_shape(rng, size)
+                return one_shape(rng, size)
             if r < mix[0] + mix[1]:
-                return _letter(rng, size)[0]
+                return FAMILIES["letter"](rng, size)[0]
             if r < sum(mix):
-                return _scatter_shapes(rng, size, rng.randint(1, MAX_OBJECTS), letter_frac=0.2)
-            return _describe(rng, size)[0]
+                return scatter_shapes(rng, size, rng.randint(1, MAX_OBJECTS), letter_frac=0.2)
+            return FAMILIES["describe"](rng, size)[0]
         except SceneDoesNotFit:
             continue
     raise RuntimeError("could not lay out a pre-training scene")

@@ -1,0 +1,1 @@
+"""The continual benchmark: methods compared on task sequences, plots and the α statistics (`python -m llaca.bench`)."""
