@@ -63,7 +63,7 @@ def test_loads_and_answers_with_plain_transformers_only():
 
 
 # Targets on 500 fresh samples: colour >= 99%, shape >= 98% (64 and 128 px); see the build record
-# and the README for the committed model's figures. These 100-sample checks leave room for noise.
+# and docs/tiny-model.md for the committed model's figures. These 100-sample checks leave room for noise.
 FLOOR = {"color": 97.0, "shape": 95.0}
 
 
@@ -78,7 +78,7 @@ def test_the_base_model_knows_the_concepts_the_continual_tasks_ask_about(tiny):
     """How many objects, whether one is there and where, its extent, and whole captions.
 
     Regression floors below the committed model's measured figures (objects 86-97, presence 76-80,
-    edges 65, captions 81% of objects named right); the issue's targets are higher (see README)."""
+    edges 65, captions 81% of objects named right); the issue's targets are higher (see docs/tiny-model.md)."""
     from llaca.learn.evaluate import caption_object_score
 
     floors = {"objects": 78.0, "presence": 65.0, "edges": 52.0}
