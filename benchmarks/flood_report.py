@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def fmt(x, unit="s", nd=2) -> str:
     return "-" if x is None else f"{x:.{nd}f} {unit}".strip()
 
