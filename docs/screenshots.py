@@ -8,6 +8,11 @@ worker to train, guard and promote the new adapter, then asks again. Nothing is 
 the numbers on the dashboard are the worker's own. Takes a few minutes on a CPU.
 
     python docs/screenshots.py [--per-task 16] [--out docs]
+
+The UI shows emoji (the title, "This session's buffer", Stop, Regenerate, Clear): Chromium
+draws them only with a colour emoji font, so the set-up first makes sure one is installed
+(Debian's `fonts-noto-color-emoji`, installed with apt-get when missing and run as root;
+otherwise the script stops and says how), instead of shooting empty boxes.
 """
 
 from __future__ import annotations
@@ -23,8 +28,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+EMOJI_FONT_PACKAGE = "fonts-noto-color-emoji"
 THUMBS_DOWN = "#llaca-chat button[aria-label='Dislike'], #llaca-chat button[aria-label='Disliked']"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def ensure_emoji_font() -> None:
+    """A colour emoji font for Chromium, installed from Debian's packages if it is missing."""
+    import shutil
+    import subprocess
+
+    def installed() -> bool:
+        fonts = subprocess.run(["fc-list"], capture_output=True, text=True).stdout if shutil.which("fc-list") else ""
+        return "emoji" in fonts.lower()
+
+    if installed():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print(f"installing {EMOJI_FONT_PACKAGE} (the UI's emoji would be empty boxes without it)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", EMOJI_FONT_PACKAGE], check=True)
+        subprocess.run(["fc-cache", "-f"], check=False)
+    if not installed():
+        raise SystemExit(f"no colour emoji font: install one first (Debian: apt-get install {EMOJI_FONT_PACKAGE})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args(argv)
 
+    ensure_emoji_font()
     from playwright.sync_api import expect, sync_playwright
 
     from app.server import AppServer

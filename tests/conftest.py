@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "llava-tiny"
 
 
+def pytest_collection_modifyitems(items):
+    """Browser and end-to-end tests are slow too, so `pytest -m "not slow"` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The committed tiny LLaVA, loaded through llaca.model.llava (fp32, CPU)."""

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MODEL = Path(os.environ.get("LLACA_TEST_MODEL", TINY))
 COLOR_Q = "What color is the shape?"

@@ -23,6 +23,7 @@ SHAPE_Q = "What shape is this?"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists() and not os.environ.get("CI"),

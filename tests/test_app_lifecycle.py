@@ -26,6 +26,8 @@ from feedback_store import FeedbackStore
 from llaca.serve.assistant import ServedBy
 from tests.llava15_model import make_llava15
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 
 @pytest.fixture(scope="module")
 def llava15_dir(tmp_path_factory):

@@ -17,7 +17,7 @@ import torch
 from tests.conftest import TINY
 from tests.worker_helpers import metrics_record
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MODEL = Path(os.environ.get("LLACA_TEST_MODEL", TINY))
 COLOR_Q = "What color is the shape?"

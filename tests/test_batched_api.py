@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FAMILIES = ("color", "shape", "count", "position")
 

@@ -22,6 +22,8 @@ from tests.conftest import TINY
 from tests.test_learning_e2e import files, served_accuracy
 from tests.test_teaching_e2e import teach
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 PASSWORD = "s3cret"
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llaca.bench.continual import METHODS, Task, run_method
+from llaca.bench.continual import METHODS, Task, check_methods, run_method
 from llaca.learn.tuner import TuneConfig, _batches
 from llaca.world.heldout import heldout
 
@@ -22,7 +22,14 @@ def test_bench_lists_every_method_one_a_line_from_a_registry_without_torch():
     listed = subprocess.run([sys.executable, "-m", "llaca.bench", "--list"], cwd=root, capture_output=True, text=True,
                             timeout=300)
     assert listed.returncode == 0 and listed.stdout.split("\n")[:-1] == list(METHODS)
-    assert {"seq", "llaca+replay", "llaca+groups", "llaca+groups+probe", "joint"} <= set(METHODS)
+    # every listed method names code that runs it: a tuner method, joint, or a group method whose
+    # start is one llaca.groups.start knows
+    from llaca.config.methods import GROUP_METHODS, JOINT, TUNER_METHODS
+    from llaca.groups.start import STARTS
+
+    assert set(METHODS) == {*TUNER_METHODS, *GROUP_METHODS, JOINT} and set(GROUP_METHODS.values()) <= set(STARTS)
+    with pytest.raises(ValueError, match="unknown method.*nope"):
+        check_methods(["seq", "nope"])
     # the app's settings and the worker's method names load without torch
     probe = "import sys, llaca.config.methods, llaca.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 COLOR_Q = "What color is the shape?"
 PRIVATE = re.compile(r"^llaca-[0-9a-f]{32}$")

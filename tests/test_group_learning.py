@@ -1,5 +1,6 @@
-"""Online learning with instruction groups: the gate, the paired guard, the routed system on
-disk, each correction's outcome, and the worker and the assistant on the real tiny model."""
+"""Online learning with instruction groups (`llaca.worker.policy`): the routed system on disk,
+each correction's outcome, and the worker and the assistant on the real tiny model. The guard's
+rule is in test_guard.py, the adapter gate in test_locks.py."""
 
 from __future__ import annotations
 
@@ -25,114 +26,11 @@ from llaca.config.settings import Settings
 from llaca.groups.codebook import InstructionCodebook
 from llaca.groups.system import RoutedSystem, SystemFormatError, is_routed_system
 from llaca.learn.evaluate import is_correct
-from llaca.model.locks import AdapterGate
 from llaca.worker.adapter_files import publish, staging_dir
-from llaca.worker.guard import (
-    EARLIER,
-    NEW,
-    PROBE,
-    TAUGHT,
-    PairedSet,
-    decide_paired,
-    worse_p_value,
-)
 from llaca.worker.loop import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 from tests.worker_helpers import teach
-
-# -- the gate ------------------------------------------------------------------------------
-
-
-def test_gate_lets_one_adapter_share_and_makes_another_wait():
-    gate, active, log = AdapterGate(), [], []
-    activate = active.append
-    inside = threading.Event()
-    release = threading.Event()
-
-    def hold(mode):
-        with gate.use(mode, activate):
-            log.append(("in", mode, tuple(active)))
-            inside.set()
-            release.wait(5)
-        log.append(("out", mode))
-
-    a1 = threading.Thread(target=hold, args=("g1",))
-    a1.start()
-    inside.wait(5)
-    with gate.use("g1", activate):  # the same adapter: no wait, no switch
-        assert gate.holders == 2 and active == ["g1"]
-    b = threading.Thread(target=hold, args=("g2",))
-    b.start()
-    time.sleep(0.2)
-    assert active == ["g1"] and ("in", "g2", ("g1",)) not in log  # g2 waits for g1's generation
-    late = []
-
-    def late_g1():
-        with gate.use("g1", activate):
-            late.append(tuple(active))
-
-    c = threading.Thread(target=late_g1)
-    c.start()
-    time.sleep(0.2)
-    assert late == []  # first come, first served: a later g1 waits behind the waiting g2
-    release.set()
-    for t in (a1, b, c):
-        t.join(5)
-    assert late == [("g1", "g2", "g1")] and gate.switches == 3 and gate.holders == 0
-
-
-def test_gate_stays_usable_when_a_switch_fails():
-    gate = AdapterGate()
-
-    def broken(mode):
-        raise RuntimeError("no such adapter")
-
-    with pytest.raises(RuntimeError):
-        with gate.use("g9", broken):
-            pass
-    with gate.use("g1", lambda m: None):
-        assert gate.holders == 1
-
-
-# -- the paired guard -----------------------------------------------------------------------
-
-
-def test_worse_p_value_is_the_exact_one_sided_mcnemar_test():
-    assert worse_p_value(0, 5) == 1.0
-    assert worse_p_value(1, 0) == 0.5
-    assert worse_p_value(3, 0) == pytest.approx(0.125)
-    assert worse_p_value(10, 10) > 0.5
-    assert worse_p_value(52, 0) < 1e-9
-
-
-def _set(name, kind, cand, cur):
-    return PairedSet(name, kind, [bool(x) for x in cand], [bool(x) for x in cur])
-
-
-def test_paired_guard_refuses_a_significant_loss_and_ignores_noise():
-    probes_kept = _set("color", PROBE, [1] * 60, [1] * 60)
-    poisoned = _set("color", PROBE, [1] * 8 + [0] * 52, [1] * 60)  # "every colour is blue"
-    taught = _set("taught", TAUGHT, [1] * 20, [0] * 20)
-    noise = _set("group g1", EARLIER, [1, 0], [1, 1])  # one item of two: 50 points, p = 0.5
-    ok = decide_paired([taught, noise, probes_kept], margin=5.0)
-    assert ok.passed and ok.p_values["group g1"] == 0.5, ok.reason
-    bad = decide_paired([taught, poisoned], margin=5.0)
-    assert not bad.passed and "base probe color fell 100% -> 13%" in bad.reason and bad.p_values["color"] < 1e-9
-    small_but_significant = _set("shape", PROBE, [1] * 97 + [0] * 3, [1] * 100)  # 3 lost, p = 0.125 anyway
-    assert decide_paired([taught, small_but_significant], margin=2.0).passed
-
-
-def test_paired_guard_needs_the_taught_corrections_fitted_not_an_improvement():
-    already_right = _set("group g1", NEW, [1] * 10, [1] * 10)  # the served system answers them: fine
-    fitted = _set("taught", TAUGHT, [1] * 9 + [0], [1] * 10)
-    assert decide_paired([fitted, already_right], margin=5.0).passed
-    unfitted = _set("taught", TAUGHT, [1] * 3 + [0] * 7, [0] * 10)
-    report = decide_paired([unfitted, already_right], margin=5.0)
-    assert not report.passed and "did not fit what it was taught" in report.reason
-    with pytest.raises(ValueError):
-        decide_paired([_set("x", NEW, [1, 1], [1])], margin=5.0)
-
 
 # -- the routed system on disk --------------------------------------------------------------
 
@@ -367,14 +265,14 @@ def test_a_version_promoted_by_another_worker_meanwhile_is_built_on_not_lost(tmp
     _, more = teach(store, "position", 8, seed=23)
     one, other = _worker(store, tmp_path), _worker(store, tmp_path)
     assert one.run_once() and store.current_adapter().version == "v1"  # g1: positions
-    train = one._train
+    train = one.train
 
     def train_then_the_other_worker_promotes(*a, **k):
         result = train(*a, **k)
         assert other.run_once()  # meanwhile: the second position buffer, g1 retrained -> v2
         return result
 
-    one._train = train_then_the_other_worker_promotes
+    one.train = train_then_the_other_worker_promotes
     assert one.run_once()  # the letters: g2, built on v2
     assert [store.get_buffer(b).status for b in (first, letters, more)] == ["promoted"] * 3
     v2, v3 = (RoutedSystem.load(store.get_adapter(v).path) for v in ("v2", "v3"))
@@ -389,3 +287,34 @@ def test_a_version_promoted_by_another_worker_meanwhile_is_built_on_not_lost(tmp
     assert store.get_buffer(again).status == "training"  # its lease expires, then it is trained again
     assert not list((tmp_path / "adapters").glob("*.tmp"))
     assert store.current_adapter().version == "v4" and RoutedSystem.load(store.current_adapter().path).trained_in["g2"]
+
+
+@pytest.mark.slow
+def test_a_data_dir_serving_a_single_adapter_keeps_it_and_learns_on_as_groups(tmp_path):
+    """A version made by an earlier release's single-adapter worker (a plain peft folder) stays
+    served until the worker, which learns as groups, promotes its first routed version."""
+    from peft import LoraConfig, get_peft_model
+
+    from llaca.learn.tuner import LM_TARGETS
+    from llaca.model.llava import load_model
+    from llaca.serve.assistant import Assistant, ServedVersion
+
+    single = tmp_path / "adapters" / "v1"
+    lm = load_model(TINY, device="cpu")
+    get_peft_model(lm.model, LoraConfig(r=4, target_modules=LM_TARGETS)).save_pretrained(single)
+    store = FeedbackStore(tmp_path)
+    store.register_adapter("v1", None, single, "llaca", {}, {})
+    store.promote_adapter("v1")
+    assert not is_routed_system(single)
+    current = store.current_adapter()
+    assistant = Assistant(load_model(TINY, device="cpu"), lambda: ServedVersion(current.version, Path(current.path)))
+    assert assistant.version == "v1"  # the single adapter serves
+    _, buffer_id = teach(store, "position", 12, seed=21)
+    worker = _worker(store, tmp_path, guard_margin=100)
+    assert worker.run_once()
+    buf = store.get_buffer(buffer_id)
+    assert buf.status == "promoted", buf.reason
+    now = store.current_adapter()
+    assert now.version == "v2" and is_routed_system(now.path) and now.parent_version == "v1"
+    assert list(RoutedSystem.load(now.path).adapters) == ["g1"]  # groups start from the base model
+    assert (single / "adapter_config.json").exists()  # v1 stays on disk for rollback

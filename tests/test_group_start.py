@@ -24,8 +24,10 @@ from llaca.groups.grouping import (
 from llaca.groups.start import BASE, SCENE_RATIO, Fit, probe, start_adapter
 from llaca.groups.system import RoutedSystem
 from llaca.learn.tuner import TuneConfig, tune
+from llaca.model.llava import load_model
 from llaca.worker.loop import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
+from tests.conftest import TINY
 from tests.worker_helpers import teach
 
 WEIGHTS = "adapter_model.safetensors"
@@ -167,13 +169,13 @@ def test_merged_start_combines_every_group_into_one_adapter_of_the_same_rank(tin
 
 
 @pytest.mark.slow
-def test_a_new_wording_joins_its_group_and_the_other_groups_stay_bit_identical(tiny, tmp_path):
+def test_a_new_wording_joins_its_group_and_the_other_groups_stay_bit_identical(tmp_path):
     """Position taught in its own words, then count, then position asked another way: the new
     wording joins the position group (its answers are that group's kind), it routes there when
     asked, and the count group's weights in the new version are the old ones, byte for byte."""
     store = FeedbackStore(tmp_path)
     worker = LearningWorker(WorkerConfig(Settings(data_dir=tmp_path, learn_method="llaca+groups+probe"),
-                                         probe_n=20), store, lm=tiny)
+                                         probe_n=20), store, lm=load_model(TINY, device="cpu"))  # its own: it trains
     teach(store, "position", 16, seed=5)
     assert worker.run_once()
     teach(store, "count", 8, seed=6)

@@ -15,6 +15,8 @@ import pytest
 from app.server import ROOT, free_port
 from llaca.model.llava import REAL_MODEL, ModelLoadError, hub_cache_only
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 
 @pytest.fixture
 def closed_hub():

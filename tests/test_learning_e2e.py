@@ -11,6 +11,8 @@ from llaca.learn.evaluate import is_correct
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 
 def files(tmp_path, family, n, seed):
     from gradio_client import handle_file

@@ -36,6 +36,8 @@ import pytest
 
 from tests.conftest import ROOT, TINY
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, DOCS / "tiny-model.md", DOCS / "learning.md", DOCS / "benchmarks.md", DOCS / "alpha.md"]

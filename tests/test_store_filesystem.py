@@ -60,6 +60,16 @@ def test_store_refuses_to_open_there_and_writes_nothing(tmp_path, monkeypatch, c
     assert "nfs4 in DELETE journal mode" in caplog.text
 
 
-def test_store_opens_on_a_local_disk(tmp_path, monkeypatch):
+def test_store_opens_on_a_local_disk_in_wal_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(filesystem, "read_mount_table", lambda: "1 0 0:1 / / rw - ext4 /dev/a rw\n")
-    FeedbackStore(tmp_path / "data").close()
+    store = FeedbackStore(tmp_path / "data")
+    try:
+        session = store.start_session()
+        store.record_user_message(session.id, "kept?")
+        assert [m.text for m in store.session_history(session.id)] == ["kept?"]
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "data" / "store.db") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()

@@ -17,6 +17,8 @@ from app.server import AppServer
 from tests.conftest import TINY
 from tests.test_learning_e2e import files, served_accuracy
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 MIRROR = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 
 

@@ -34,6 +34,8 @@ from llaca.learn.tuner import TuneConfig, TuningError, _batches
 from llaca.world.heldout import heldout
 from tests.conftest import ROOT, TINY
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
+
 GLOBAL_BATCH = 8
 STEPS = 4
 

@@ -8,13 +8,18 @@ from llaca.world.heldout import heldout
 
 
 def is_complete(path) -> bool:
-    """A published adapter folder: not a staging folder, and peft's files are all there."""
+    """A published version folder: not a staging folder, and peft's files all there (for a
+    routed version: its system file loads and every group's adapter folder is complete)."""
     from pathlib import Path
 
+    from llaca.groups.system import RoutedSystem, is_routed_system
     from llaca.worker.adapter_files import REQUIRED
 
     path = Path(path)
-    return not path.name.endswith(".tmp") and all((path / f).is_file() for f in REQUIRED)
+    if path.name.endswith(".tmp"):
+        return False
+    folders = list(RoutedSystem.load(path).adapters.values()) if is_routed_system(path) else [path]
+    return all((Path(f) / name).is_file() for f in folders for name in REQUIRED)
 
 
 def png(image) -> bytes:

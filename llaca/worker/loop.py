@@ -52,6 +52,7 @@ from llaca.learn.command import run_command
 from llaca.learn.dataset import VQASample, read_folder
 from llaca.learn.tuner import TuneConfig, TuneResult, tune
 from llaca.model.llava import LoadedModel, load_model
+from llaca.model.shared import SharedModel
 from llaca.worker.adapter_files import publish_first_free, sweep_staging, version_names
 from llaca.worker.guard import (
     HELDOUT_FRACTION,
@@ -125,7 +126,7 @@ class LearningWorker:
         self.adapters_dir = self.settings.data_dir / "adapters"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.training_dir = self.settings.data_dir / TRAINING_DIR  # training sets written for a training command
-        self.shared = shared  # the app's SharedModel: train and judge on the served model's weights
+        self._shared = shared  # the app's SharedModel: train and judge on the served model's weights
         self._lm = shared.lm if shared is not None else lm
         self._probes: list[EvalSet] | None = None
         self.stop = threading.Event()
@@ -143,6 +144,15 @@ class LearningWorker:
         if self._lm is None:
             self._lm = load_model(self.settings.model, device=self.settings.device, dtype=self.settings.dtype)
         return self._lm
+
+    @property
+    def shared(self) -> SharedModel:
+        """The model this worker trains and judges on, as a `SharedModel`: the app's (the one that
+        serves), or one over the worker's own model, so that a candidate is always judged through
+        the loader that serves it."""
+        if self._shared is None:
+            self._shared = SharedModel(self.lm)
+        return self._shared
 
     @property
     def probes(self) -> list[EvalSet]:
