@@ -25,6 +25,7 @@ def test_round_trip_keeps_images_and_turns(tmp_path):
     assert back[0].image.tobytes() == samples[0].image.tobytes()
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores
 def test_export_cli_writes_a_llava_folder(tmp_path):
     out = tmp_path / "count"
     r = subprocess.run(

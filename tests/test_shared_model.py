@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,6 +25,7 @@ from tests.conftest import TINY
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores
 def test_training_on_the_shared_model_while_it_serves_equals_training_a_private_copy(tmp_path):
     private = load_model(TINY, device="cpu")
     path, groups = routed_system(private.model, tmp_path)

@@ -125,6 +125,7 @@ def test_jsonl_export_has_every_message_and_feedback_row(taught, tmp_path):
     assert (only_bob.records, only_bob.feedback) == (2, 1)
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores
 def test_cli_export_and_check(taught, tmp_path):
     store = taught["store"]
     data_dir = str(store.data_dir)

@@ -172,6 +172,7 @@ def test_quota_defaults_follow_the_deployment_and_each_can_be_set():
         Settings.from_args(["--questions-per-minute", "0"])
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores
 def test_review_without_an_admin_password_refuses_to_start(tmp_path):
     with pytest.raises(SettingsError, match="admin password"):
         Settings.from_args([], env={"SPACE_ID": "someone/llaca"}).check_app()

@@ -4,7 +4,7 @@ One anonymous session teaches the position family wrong (every corner mirrored),
 teaches it right. Nothing trains until the admin acts: the held corrections are listed by
 ``/pending``; the right ones are approved (``/approve``) and learned by the worker; the wrong
 ones are rejected (``/reject``) and their author sees why. A third session then gets the
-position right on fresh images, and the base families are kept.
+position right on fresh images, and answers colour and shape questions exactly as before.
 """
 
 from __future__ import annotations
@@ -14,16 +14,10 @@ import time
 import pytest
 
 from app.server import AppServer
+from tests.app_helpers import answers, files, mirrored, served_accuracy
 from tests.conftest import TINY
-from tests.test_learning_e2e import files, served_accuracy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts the real app or process
-
-MIRROR = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
-
-
-def mirrored(answer: str) -> str:
-    return " ".join(MIRROR.get(w, w) for w in answer.split())
 
 
 def teach(client, tmp_path, n: int, seed: int, wrong: bool) -> list[tuple]:
@@ -45,11 +39,12 @@ def test_under_review_only_approved_corrections_train(tmp_path):
     env = {"LLACA_TEACH": "review", "LLACA_ADMIN_PASSWORD": "s3cret", "LLACA_QUESTIONS_PER_MINUTE": "1000"}
     with AppServer(TINY, tmp_path / "data", env=env, worker=True, threads=1, timeout=180) as server:
         vandal, teacher, admin, fresh = (Client(server.url, verbose=False) for _ in range(4))
-        base = {f: served_accuracy(fresh, tmp_path, f, 30, 7)[0] for f in ("color", "shape")}
+        base_probe = files(tmp_path, "color", 8, 7) + files(tmp_path, "shape", 8, 7)
+        base_before = answers(fresh, base_probe)
 
-        held = teach(vandal, tmp_path, 24, seed=500, wrong=True)
+        held = teach(vandal, tmp_path, 10, seed=500, wrong=True)  # more than a buffer's worth
         assert {(b, s) for b, _, s in held} == {(None, "waiting for review")}  # stored, in no buffer
-        assert len(held) >= 20 and held[-1][1] == len(held)  # the author's corrections waiting
+        assert len(held) >= 9 and held[-1][1] == len(held)  # the author's corrections waiting
         status = vandal.predict(api_name="/status")
         assert status["you"]["teach"] == "review" and status["you"]["pending"] == len(held)
         assert not status["you"]["trusted"] and status["buffers"] == [] and len(status["reviews"]) == len(held)
@@ -86,5 +81,4 @@ def test_under_review_only_approved_corrections_train(tmp_path):
         assert {(r["status"], r["reason"]) for r in reviews} == {("rejected", "mirrored corners")}
         acc, versions = served_accuracy(fresh, tmp_path, "position", 20, 9999)
         assert acc >= 80.0 and versions == {buffers[-1]["adapter_version"]}
-        for f in ("color", "shape"):
-            assert served_accuracy(fresh, tmp_path, f, 30, 7)[0] >= base[f] - 5.0, f
+        assert answers(fresh, base_probe) == base_before  # questions of no group: the base model answers

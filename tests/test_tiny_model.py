@@ -48,6 +48,7 @@ PLAIN_TRANSFORMERS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_loads_and_answers_with_plain_transformers_only():
     r = subprocess.run(
         [sys.executable, "-c", PLAIN_TRANSFORMERS, str(TINY)], capture_output=True, text=True, timeout=300,
@@ -122,12 +123,14 @@ def test_streaming_yields_growing_text_and_stop_really_stops(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,floor", [("count", 55.0), ("letter", 65.0)])
+@pytest.mark.parametrize("family,floor", [("letter", 65.0)])
 def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
     """One single-task LoRA with the tuner's defaults on 48 samples: the format is learned on
     fresh images, from a zero-shot score near 0 (the base model knows the concept, not the format).
-    Floors sit below the measured learnability (count 72-74, letter 77-83 on 200 samples); the
-    issue's target is 80."""
+    The floor sits below the measured learnability (letter 77-83 on 200 samples, count 72-74); the
+    issue's target is 80. One family is enough for what this proves (the same code path for every
+    format); count, position and letter are learned in the benchmark test, position also through
+    the worker (test_worker.py) and the app (test_conflicts_e2e.py)."""
     from llaca.learn.evaluate import adapter_applied
     from llaca.learn.tuner import TuneConfig, tune
 
@@ -144,8 +147,9 @@ def test_a_users_buffer_of_48_teaches_a_continual_format(tiny, family, floor):
 def test_a_shortened_build_learns(tmp_path):
     # fp32: on a CPU without bf16 instructions a bf16 matmul is ~50x slower than fp32 (9.5 vs 472 ms for
     # 512x512 here), which made this test run for 20+ minutes; the bf16 context is checked on its own below
-    cfg = BuildConfig(steps=250, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=os.cpu_count() or 1,
-                      vision=VisionPretrainConfig(steps=120, batch_images=32, eval_n=40), mixed_precision="no")
+    # 150 + 100 steps (was 250 + 120): measured vision loss ratio 0.69, build loss ratio 0.14, colour 85%
+    cfg = BuildConfig(steps=150, batch_images=16, eval_n=40, eval_sets=(("color", 64),), threads=os.cpu_count() or 1,
+                      vision=VisionPretrainConfig(steps=100, batch_images=32, eval_n=40), mixed_precision="no")
     record = build(cfg, tmp_path / "tiny", progress=False)
     vision = record["vision_pretraining"]
     assert vision["loss_last_50"] < 0.8 * vision["loss_first_50"]
