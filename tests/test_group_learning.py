@@ -1,13 +1,12 @@
 """Online learning with instruction groups (`llaca.worker.policy`): the routed system on disk,
-each correction's outcome, and the worker and the assistant on the real tiny model. The guard's
+each correction's outcome, and the worker and the assistant on the real tiny model (crashes,
+concurrent workers and an old single-adapter data dir: test_group_recovery.py). The guard's
 rule is in test_guard.py, the adapter gate in test_locks.py."""
 
 from __future__ import annotations
 
 import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,9 @@ from llaca.groups.codebook import InstructionCodebook
 from llaca.groups.system import RoutedSystem, SystemFormatError, is_routed_system
 from llaca.learn.evaluate import is_correct
 from llaca.worker.adapter_files import publish, staging_dir
-from llaca.worker.loop import LearningWorker, WorkerConfig
 from llaca.world.heldout import heldout
 from tests.conftest import TINY
-from tests.worker_helpers import teach
+from tests.worker_helpers import teach, tiny_worker
 
 # -- the routed system on disk --------------------------------------------------------------
 
@@ -114,14 +112,6 @@ def test_each_correction_has_one_outcome(tmp_path):
 # -- the worker and the assistant on the tiny model -----------------------------------------
 
 
-def _worker(store, tmp_path, **settings) -> LearningWorker:
-    from llaca.model.llava import load_model
-
-    lm = load_model(TINY, device="cpu")
-    cfg = WorkerConfig(Settings(data_dir=tmp_path, learn_method=GROUPS, **settings), probe_n=40)
-    return LearningWorker(cfg, store, lm=lm)
-
-
 @pytest.mark.slow
 def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_path):
     from llaca.model.llava import GenerationParams, load_model
@@ -130,7 +120,7 @@ def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_pat
     store = FeedbackStore(tmp_path)
     _, b1 = teach(store, "position", 24, seed=5)
     _, b2 = teach(store, "letter", 24, seed=6)
-    worker = _worker(store, tmp_path)
+    worker = tiny_worker(store, tmp_path, learn_method=GROUPS)
     assert worker.run_once() and worker.run_once()
     bufs = [store.get_buffer(b) for b in (b1, b2)]
     assert [b.status for b in bufs] == ["promoted", "promoted"], [b.reason for b in bufs]
@@ -213,11 +203,11 @@ def test_groups_learn_each_family_in_its_own_adapter_and_route_questions(tmp_pat
 def test_a_rejected_run_is_trained_again_and_poison_stays_refused(tmp_path):
     store = FeedbackStore(tmp_path)
     _, poison = teach(store, "color", 16, seed=9, answer_for=lambda s: "blue")
-    assert _worker(store, tmp_path).run_once()
+    assert tiny_worker(store, tmp_path, learn_method=GROUPS).run_once()
     [refused] = store.list_adapters()
     assert store.get_buffer(poison).status == "rejected" and "base probe color fell" in refused.reason, refused.reason
     _, starved = teach(store, "position", 12, seed=3)
-    assert _worker(store, tmp_path, learn_steps=1).run_once()  # one step cannot fit the corrections
+    assert tiny_worker(store, tmp_path, learn_method=GROUPS, learn_steps=1).run_once()  # one step cannot fit the corrections
     assert store.get_buffer(starved).status == "rejected"
     assert store.current_adapter() is None and store.next_adapter_version() == "v1"
     for item in store.buffer_items(starved):
@@ -225,96 +215,9 @@ def test_a_rejected_run_is_trained_again_and_poison_stays_refused(tmp_path):
         assert state == CorrectionState.PENDING and "trained again" in words
     # the same user teaches more positions: the pending ones ride along and are learned now
     _, more = teach(store, "position", 12, seed=4)
-    assert _worker(store, tmp_path).run_once()
+    assert tiny_worker(store, tmp_path, learn_method=GROUPS).run_once()
     assert store.get_buffer(more).status == BufferStatus.PROMOTED, store.get_buffer(more).reason
     learned = [i for i in store.buffer_items(starved) if i.learned_in == "v1"]
     assert len(learned) == len(store.buffer_items(starved))
     assert all(i.learned_in is None for i in store.buffer_items(poison))  # "every colour is blue" never served
     assert [a.status for a in store.list_adapters()].count(AdapterStatus.CURRENT) == 1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("point", ["after-publish", "after-register"])
-def test_sigkill_mid_promotion_keeps_the_routed_system_consistent(tmp_path, point):
-    from tests.test_worker import start_worker, wait_for
-
-    store = FeedbackStore(tmp_path)
-    _, buffer_id = teach(store, "position", 12, seed=4)
-    proc = start_worker(tmp_path, "--once", "--crash-at", point, "--guard-margin", "100")
-    assert proc.wait(180) == -signal.SIGKILL, proc.stderr.read()[-2000:]
-    assert store.current_adapter() is None
-    assert {i.group_id for i in store.buffer_items(buffer_id)} == {"g1"}  # assigned before training
-    wait_for(lambda: store.get_buffer(buffer_id).lease_until < time.time(), 10, "the lease to expire")
-    proc = start_worker(tmp_path, "--once", "--guard-margin", "100")
-    assert proc.wait(180) == 0, proc.stderr.read()[-2000:]
-    assert store.get_buffer(buffer_id).status == "promoted"
-    current = store.current_adapter()
-    assert len(store.list_adapters()) == 1  # finished, not trained twice
-    system = RoutedSystem.load(current.path)
-    assert list(system.adapters) == ["g1"]
-    assert all(i.learned_in or i.pending_reason for i in store.buffer_items(buffer_id))
-
-
-@pytest.mark.slow
-def test_a_version_promoted_by_another_worker_meanwhile_is_built_on_not_lost(tmp_path):
-    from llaca.worker.policy import GroupChangedMeanwhile
-
-    store = FeedbackStore(tmp_path)
-    _, first = teach(store, "position", 8, seed=21)
-    _, letters = teach(store, "letter", 8, seed=22)
-    _, more = teach(store, "position", 8, seed=23)
-    one, other = _worker(store, tmp_path), _worker(store, tmp_path)
-    assert one.run_once() and store.current_adapter().version == "v1"  # g1: positions
-    train = one.train
-
-    def train_then_the_other_worker_promotes(*a, **k):
-        result = train(*a, **k)
-        assert other.run_once()  # meanwhile: the second position buffer, g1 retrained -> v2
-        return result
-
-    one.train = train_then_the_other_worker_promotes
-    assert one.run_once()  # the letters: g2, built on v2
-    assert [store.get_buffer(b).status for b in (first, letters, more)] == ["promoted"] * 3
-    v2, v3 = (RoutedSystem.load(store.get_adapter(v).path) for v in ("v2", "v3"))
-    assert store.current_adapter().version == "v3" and sorted(v3.adapters) == ["g1", "g2"]
-    assert v3.trained_in["g1"] == v2.trained_in["g1"]  # v2's retrained positions were kept
-
-    # the same group retrained meanwhile: this run is abandoned, the buffer goes back to the queue
-    _, again = teach(store, "letter", 8, seed=24)
-    _, again2 = teach(store, "letter", 8, seed=25)
-    with pytest.raises(GroupChangedMeanwhile):
-        one.run_once()
-    assert store.get_buffer(again).status == "training"  # its lease expires, then it is trained again
-    assert not list((tmp_path / "adapters").glob("*.tmp"))
-    assert store.current_adapter().version == "v4" and RoutedSystem.load(store.current_adapter().path).trained_in["g2"]
-
-
-@pytest.mark.slow
-def test_a_data_dir_serving_a_single_adapter_keeps_it_and_learns_on_as_groups(tmp_path):
-    """A version made by an earlier release's single-adapter worker (a plain peft folder) stays
-    served until the worker, which learns as groups, promotes its first routed version."""
-    from peft import LoraConfig, get_peft_model
-
-    from llaca.learn.tuner import LM_TARGETS
-    from llaca.model.llava import load_model
-    from llaca.serve.assistant import Assistant, ServedVersion
-
-    single = tmp_path / "adapters" / "v1"
-    lm = load_model(TINY, device="cpu")
-    get_peft_model(lm.model, LoraConfig(r=4, target_modules=LM_TARGETS)).save_pretrained(single)
-    store = FeedbackStore(tmp_path)
-    store.register_adapter("v1", None, single, "llaca", {}, {})
-    store.promote_adapter("v1")
-    assert not is_routed_system(single)
-    current = store.current_adapter()
-    assistant = Assistant(load_model(TINY, device="cpu"), lambda: ServedVersion(current.version, Path(current.path)))
-    assert assistant.version == "v1"  # the single adapter serves
-    _, buffer_id = teach(store, "position", 12, seed=21)
-    worker = _worker(store, tmp_path, guard_margin=100)
-    assert worker.run_once()
-    buf = store.get_buffer(buffer_id)
-    assert buf.status == "promoted", buf.reason
-    now = store.current_adapter()
-    assert now.version == "v2" and is_routed_system(now.path) and now.parent_version == "v1"
-    assert list(RoutedSystem.load(now.path).adapters) == ["g1"]  # groups start from the base model
-    assert (single / "adapter_config.json").exists()  # v1 stays on disk for rollback

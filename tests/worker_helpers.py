@@ -53,3 +53,14 @@ def metrics_record(buffer: int, tasks: list[str], matrix: list[list[float]], row
 
     guard = GuardReport(passed, reason, margin, dict(zip(tasks, matrix[-1])), dict(zip(tasks, matrix[-2])))
     return AdapterMetrics(buffer, "session", tasks, matrix, row_labels, guard, 1.0).to_dict()
+
+
+def tiny_worker(store, data_dir, **settings):
+    """A learning worker on its own copy of the tiny model (it trains on it), default method."""
+    from llaca.config.settings import Settings
+    from llaca.model.llava import load_model
+    from llaca.worker.loop import LearningWorker, WorkerConfig
+    from tests.conftest import TINY
+
+    cfg = WorkerConfig(Settings(data_dir=data_dir, **settings), probe_n=24)  # 24 colour and 24 shape probes
+    return LearningWorker(cfg, store, lm=load_model(TINY, device="cpu"))
