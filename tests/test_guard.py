@@ -59,6 +59,6 @@ def test_held_out_share_minimum_and_seed():
     held = held_out(ids, buffer_id=7)
     assert len(held) == 2 and held <= set(ids)  # 20% of 10, at least 2
     assert held_out(ids, buffer_id=7) == held  # a retry after a crash splits the same way
-    assert held_out(list(range(40)), buffer_id=7).__len__() == 8
+    assert len(held_out(list(range(40)), buffer_id=7)) == 8
     assert held_out([1, 2], buffer_id=7) == set()  # below MIN_ITEMS_TO_HOLD_OUT: judged on what it trained on
     assert len(held_out([1, 2, 3], buffer_id=7)) == 2 and MIN_ITEMS_TO_HOLD_OUT == 3  # never all of them

@@ -40,13 +40,13 @@ from llaca.worker.record import AdapterMetrics
 log = logging.getLogger(__name__)
 
 MAX_TAUGHT_CHECK = 64
-GROUPS_VERSION = "forget"  # the method recorded for a version made by forgetting (dropping or retraining groups)
+FORGET_METHOD = "forget"  # the method recorded for a version made by forgetting (dropping or retraining groups)
 
 
 def _register(store, name: str, current, final, report: GuardReport, probes: list[str], seconds: float, extra: dict):
     metrics = AdapterMetrics.for_candidate(name, current, SimpleNamespace(id=0, session_id=""), report, probes,
                                            extra, seconds)
-    store.register_adapter(name, current.version if current else None, final, GROUPS_VERSION, metrics.to_dict(),
+    store.register_adapter(name, current.version if current else None, final, FORGET_METHOD, metrics.to_dict(),
                            library_versions())
     store.promote_adapter(name)
 
